@@ -1,0 +1,41 @@
+"""The DefMamba reference model: variants, checkpoint loading and the ``create_model`` factory."""
+from __future__ import annotations
+
+import os
+
+from .checkpoint import LoadReport, guess_variant, load_checkpoint, read_state_dict
+from .defmamba import MIN_INPUT_SIZE, DefMamba, DefMambaBackbone, DefMambaConfig, check_input_size
+from .registry import get_config, list_models, resolve_name, short_name
+
+__all__ = [
+    "create_model", "load_checkpoint", "read_state_dict", "guess_variant", "LoadReport", "list_models",
+    "get_config", "resolve_name", "short_name", "DefMamba", "DefMambaBackbone", "DefMambaConfig",
+    "MIN_INPUT_SIZE", "check_input_size",
+]
+
+
+def create_model(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    ema: bool = False,
+    backbone: bool = False,
+    unsafe_pickle: bool = False,
+    num_classes: int | None = None,
+):
+    """Build DefMamba ``name`` ('t'|'s'|'b' or 'tiny'|'small'|'base') in eval mode.
+
+    ``weights``: a checkpoint file loaded strictly (see :func:`load_checkpoint`); ``ema`` picks the
+    EMA weights of a training file. ``backbone=True`` gives the dense-prediction backbone that
+    returns four feature maps. The load report is kept as ``model.load_report`` (None without weights).
+    """
+    cfg = get_config(name)
+    if num_classes is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, num_classes=num_classes)
+    model = (DefMambaBackbone if backbone else DefMamba)(cfg)
+    model.load_report = None
+    if weights is not None:
+        model.load_report = load_checkpoint(model, weights, ema=ema, unsafe_pickle=unsafe_pickle)
+    return model.eval()
