@@ -6,7 +6,8 @@ training files, pick with ``ema``); ``{'state_dict': sd}``; keys with a DDP ``mo
 
 Safety: files are read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
 plain containers. The authors' training files also hold a pickled ``yacs`` ``CfgNode`` (their
-training config); exactly that class is allow-listed through an inert stand-in (a ``dict``
+training config), which that unpickler refuses; for exactly that case the file is re-read by an
+unpickler restricted to the same allow-list plus an inert stand-in for that one class (a ``dict``
 subclass that runs no code of yacs), so those files load without yacs and without executing
 anything. Any other object in the pickle is refused with a message; ``unsafe_pickle=True`` (CLI:
 ``--unsafe-pickle``) lifts the check for files you trust.
@@ -22,6 +23,7 @@ import io
 import os
 import pickle
 import re
+import types
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -50,8 +52,33 @@ class _YacsCfgNode(dict):
     """Inert stand-in for ``yacs.config.CfgNode``: keeps the config's items and attributes as data."""
 
 
-def _safe_globals() -> list:
-    return [(_YacsCfgNode, "yacs.config.CfgNode")]
+_YACS_NAME = "yacs.config.CfgNode"
+
+
+def _restricted_pickle_module() -> types.ModuleType:
+    """A pickle module whose Unpickler resolves only torch's weights-only allow-list plus the yacs stand-in.
+
+    torch's own weights-only unpickler refuses dict subclasses (``SETITEMS``), so the authors'
+    config cannot be allow-listed there; this is the documented "restricting globals" pattern of
+    Python's pickle module with exactly the same allow-list, so no other callable can be reached.
+    """
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = dict(_get_allowed_globals())
+    allowed[_YACS_NAME] = _YacsCfgNode
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            obj = allowed.get(f"{module}.{name}")
+            if obj is None:
+                raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name} (weights_only)")
+            return obj
+
+    mod = types.ModuleType("defmamba_restricted_pickle")
+    mod.Unpickler = Unpickler
+    mod.load = lambda f, **kw: Unpickler(f, **kw).load()
+    mod.__name__ = "defmamba_restricted_pickle"
+    return mod
 
 
 @dataclass
@@ -90,8 +117,13 @@ def _torch_load(path: Path, unsafe_pickle: bool) -> object:
     if unsafe_pickle:
         warnings.warn(f"--unsafe-pickle: {path} is unpickled with full Python object loading; only do this for files you trust")
         return torch.load(path, map_location="cpu", weights_only=False)
-    with torch.serialization.safe_globals(_safe_globals()):
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _YACS_NAME not in str(e):
+            raise
+    # the authors' training file: same allow-list plus the inert yacs stand-in
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module())
 
 
 def read_state_dict(path: str | os.PathLike, *, ema: bool = False, unsafe_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
