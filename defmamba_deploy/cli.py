@@ -185,6 +185,112 @@ def predict(
         console.print(table)
 
 
+def _parse_int_list(value: str, what: str) -> list[int]:
+    from .errors import UsageError
+
+    try:
+        out = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{what} {value!r} must be comma-separated integers, e.g. 1,4") from None
+    if not out:
+        raise UsageError(f"{what} is empty")
+    return out
+
+
+@app.command()
+@handle_errors
+def export(
+    model: str = ModelOpt,
+    weights: Optional[Path] = WeightsOpt,
+    ema: bool = EmaOpt,
+    unsafe_pickle: bool = UnsafeOpt,
+    img_size: Optional[str] = ImgSizeOpt,
+    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size of the example input (fixed when --dynamic none). Default 1."),
+    dynamic: Optional[str] = typer.Option(None, "--dynamic", help="batch (default), shape (batch, height, width) or none."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset, 17..20. Default 17."),
+    portable: bool = typer.Option(False, "--portable", help="Standard ONNX ops only: runs in a stock onnxruntime, no library."),
+    backbone: bool = typer.Option(False, "--backbone", help="Export the dense-prediction backbone (4 feature maps)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset from export/presets (e.g. dynamic-shape-224-512); flags override it."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .onnx (default defmamba_<m>.onnx); a .onnx.json sidecar is written next to it."),
+) -> None:
+    """Export DefMamba to ONNX with the [bold]defmamba[/] custom ops (or --portable standard ops).
+
+    Examples:
+      [bold]defmamba-deploy export --model s[/]                       -> defmamba_s.onnx, dynamic batch
+      [bold]defmamba-deploy export -m t --img-size 160 256 --dynamic shape -o t.onnx[/]
+      [bold]defmamba-deploy export -m s --portable[/]                 -> defmamba_s_portable.onnx
+    """
+    from .onnx import export_onnx
+    from .onnx.presets import load_preset
+
+    cfg = load_preset(preset) if preset else {}
+    size = parse_size(img_size) if img_size else tuple(cfg.get("img_size", (224, 224)))
+    res = export_onnx(
+        model, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=size,
+        batch=batch if batch is not None else cfg.get("batch", 1),
+        dynamic=dynamic or cfg.get("dynamic", "batch"), opset=opset or cfg.get("opset", 17),
+        portable=portable, backbone=backbone, output=output,
+    )
+    if weights is None:
+        err_console.print("[yellow]warning:[/] no --weights given: exported a randomly initialised model")
+    side = res.sidecar
+    console.print(f"wrote [bold]{res.path}[/] ({res.path.stat().st_size / 2**20:.1f} MiB) and {res.sidecar_path}")
+    console.print(f"  variant {side['variant']}, opset {side['opset']}, dynamic {side['dynamic']}, "
+                  f"custom ops: {', '.join(side['custom_ops']) or 'none (portable)'}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def parity(
+    model: str = ModelOpt,
+    weights: Optional[Path] = WeightsOpt,
+    ema: bool = EmaOpt,
+    unsafe_pickle: bool = UnsafeOpt,
+    onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for the 'ort' backend (exported on the fly if omitted)."),
+    portable_file: Optional[Path] = typer.Option(None, "--portable-onnx", help="Portable ONNX file for 'ort-portable' (exported on the fly if omitted)."),
+    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated: torch, ort, ort-portable."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of photos (default: scikit-image's sample photos)."),
+    samples: int = typer.Option(2, "--samples", help="Random-normal inputs in addition to the photos."),
+    img_size: Optional[str] = ImgSizeOpt,
+    batch: str = typer.Option("1,4", "--batch", help="Batch sizes to run each backend at, e.g. 1,4."),
+    atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance."),
+    rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="Path of libdefmamba_ort_ops.so (found automatically after the build)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file ('-' = stdout)."),
+) -> None:
+    """Compare backends with PyTorch on the same inputs; exit 1 when a tolerance fails.
+
+    Examples:
+      [bold]defmamba-deploy parity --model s[/]
+      [bold]defmamba-deploy parity -m t --onnx defmamba_t.onnx --backends torch,ort --batch 1,4 --json report.json[/]
+    """
+    from .parity import run_parity
+
+    report = run_parity(
+        model, weights, ema=ema, unsafe_pickle=unsafe_pickle, onnx=onnx_file, portable_onnx=portable_file,
+        backends=[b.strip() for b in backends.split(",") if b.strip()], images=images, samples=samples,
+        img_size=parse_size(img_size), batches=_parse_int_list(batch, "--batch"), atol=atol, rtol=rtol,
+        threads=threads, library=plugins, progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False),
+    )
+    table = Table(title=f"parity vs PyTorch: DefMamba-{report.model} {report.img_size[0]}x{report.img_size[1]}, "
+                        f"{len(report.inputs)} inputs, atol {atol:g} rtol {rtol:g}")
+    for col in ("backend", "batch", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
+        table.add_column(col, justify="left" if col in ("backend", "result") else "right")
+    for r in report.rows:
+        table.add_row(r.backend, str(r.batch), f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.cosine:.7f}",
+                      f"{r.top1:.0%}", f"{r.top5:.0%}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    console.print(table)
+    if json_out is not None:
+        text = json.dumps(report.to_dict(), indent=2)
+        if str(json_out) == "-":
+            print(text)
+        else:
+            json_out.write_text(text)
+    if not report.passed:
+        fail("parity failed: see the rows marked FAIL", 1)
+
+
 def main() -> None:
     app(args=_join_size_args(sys.argv[1:]), prog_name="defmamba-deploy")
 

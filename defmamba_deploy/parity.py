@@ -1,0 +1,171 @@
+"""Parity: run the same inputs through PyTorch and the deployment backends and compare.
+
+Inputs are seeded random-normal tensors plus real photos (``--images DIR`` or the sample photos
+that scikit-image ships), preprocessed exactly like ``predict``. Each backend runs them at every
+batch size asked for (e.g. 1 and 4 from one dynamic-batch file) and is compared with the PyTorch
+reference:
+
+- ``max_abs``: max |out - ref|;  ``max_rel``: max_abs / max |ref| (error relative to the output scale;
+  an elementwise |d|/|ref| explodes at logits near 0 and says nothing);
+- ``cosine``: the lowest per-sample cosine similarity;
+- ``top1`` / ``top5``: fraction of samples whose top-1 class / top-5 set equals the reference's.
+
+A row passes when every element satisfies |out - ref| <= atol + rtol * |ref| (numpy.allclose) and
+top-1 agrees on every sample. The metrics are plain NumPy: they are what polygraphy's
+``CompareFunc.simple`` computes for the allclose part, and cosine/top-k are not in it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+BACKENDS = ("torch", "ort", "ort-portable")
+DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3  # float32 through ~20 blocks, re-associated sums; see README
+
+
+@dataclass
+class ParityRow:
+    backend: str
+    batch: int
+    samples: int
+    max_abs: float
+    max_rel: float
+    cosine: float
+    top1: float
+    top5: float
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class ParityReport:
+    model: str
+    img_size: tuple[int, int]
+    atol: float
+    rtol: float
+    inputs: list[str]
+    rows: list[ParityRow] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def compare(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
+    out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(out64 - ref64)
+    scale = max(np.abs(ref64).max(), 1e-12)
+    a, b = out64.reshape(len(out64), -1), ref64.reshape(len(ref64), -1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    top1 = float((a.argmax(1) == b.argmax(1)).mean())
+    k = min(5, a.shape[1])
+    top5 = float(np.mean([set(np.argsort(-x)[:k]) == set(np.argsort(-y)[:k]) for x, y in zip(a, b)]))
+    ok = bool(np.all(diff <= atol + rtol * np.abs(ref64)))
+    return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale), "cosine": float(cos.min()),
+            "top1": top1, "top5": top5, "passed": ok and top1 == 1.0}
+
+
+def make_inputs(img_size: tuple[int, int], samples: int, images: str | os.PathLike | None, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    from .data import list_images, preprocess, sample_images
+
+    rng = np.random.default_rng(seed)
+    arrays, names = [], []
+    for i in range(samples):
+        arrays.append(rng.standard_normal((3, *img_size)).astype(np.float32))
+        names.append(f"random-normal#{i}")
+    files = list_images(images) if images is not None else sample_images()
+    for f in files:
+        arrays.append(preprocess(f, img_size))
+        names.append(Path(f).name)
+    if not arrays:
+        raise UsageError("no inputs: pass --samples N > 0 or --images DIR")
+    return np.stack(arrays), names
+
+
+def _run_batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def run_parity(
+    model: str = "s",
+    weights: str | os.PathLike | None = None,
+    *,
+    ema: bool = False,
+    unsafe_pickle: bool = False,
+    onnx: str | os.PathLike | None = None,
+    portable_onnx: str | os.PathLike | None = None,
+    backends: Sequence[str] = BACKENDS,
+    images: str | os.PathLike | None = None,
+    samples: int = 2,
+    img_size: tuple[int, int] = (224, 224),
+    batches: Sequence[int] = (1, 4),
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    threads: int | None = None,
+    library: str | os.PathLike | None = None,
+    progress=None,
+) -> ParityReport:
+    """Compare each backend with PyTorch on the same inputs (see module docstring)."""
+    import torch
+
+    from .model import check_input_size, create_model, resolve_name
+    from .onnx import export_onnx, read_sidecar
+    from .runtime.onnxrt import OrtRunner
+
+    name = resolve_name(model)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend(s) {unknown}: choose from {', '.join(BACKENDS)}")
+    if not batches or any(b < 1 for b in batches):
+        raise UsageError(f"batch sizes must be >= 1, got {list(batches)}")
+    if samples < 0:
+        raise UsageError(f"--samples must be >= 0, got {samples}")
+    check_input_size(*img_size)
+    say = progress or (lambda msg: None)
+
+    x, names = make_inputs(img_size, samples, images)
+    report = ParityReport(name, tuple(img_size), atol, rtol, names)
+    say(f"PyTorch reference: DefMamba-{name} on {len(x)} inputs at {img_size[0]}x{img_size[1]}")
+    net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle)
+    with torch.inference_mode():
+        ref = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, max(batches))
+
+    with tempfile.TemporaryDirectory(prefix="defmamba_parity_") as tmp:
+        files = {"ort": onnx, "ort-portable": portable_onnx}
+        for backend in backends:
+            if backend == "torch":
+                for b in batches:
+                    with torch.inference_mode():
+                        out = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, b)
+                    report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
+                continue
+            path = files[backend]
+            if path is None:
+                say(f"exporting {'portable' if backend == 'ort-portable' else 'custom-op'} ONNX for {backend}")
+                path = export_onnx(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=img_size, batch=1,
+                                   dynamic="batch", portable=backend == "ort-portable",
+                                   output=Path(tmp) / f"{backend}.onnx").path
+            else:
+                side = read_sidecar(path)
+                if side and side.get("variant") != name:
+                    raise UsageError(f"{path} was exported from DefMamba-{side.get('variant')}, not DefMamba-{name}: "
+                                     f"pass --model {side.get('variant', '?')[0]} or the right --onnx file")
+            say(f"running {backend}: {path}")
+            runner = OrtRunner(path, threads=threads, library=library if backend == "ort" else None)
+            for b in batches:
+                out = _run_batched(runner, x, b)
+                report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
+    return report
