@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import defmamba_deploy as dd  # noqa: E402
-from machine import machine_info, machine_slug  # noqa: E402
+import defmamba_deploy as dd
+from defmamba_deploy.machine import machine_info, machine_slug
 
 
 def loop_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):

@@ -23,8 +23,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Rich wraps at 80 columns when not on a terminal (CI logs, pipes), which truncates wide tables.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 ModelOpt = typer.Option("s", "--model", "-m", help="Variant: t, s, b (or tiny, small, base).")
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Checkpoint file (.pth); random init when omitted.")
@@ -34,7 +36,7 @@ UnsafeOpt = typer.Option(False, "--unsafe-pickle", help="Allow arbitrary pickled
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -283,12 +285,104 @@ def parity(
     console.print(table)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2)
-        if str(json_out) == "-":
-            print(text)
-        else:
-            json_out.write_text(text)
+        _write_text(json_out, text)
     if not report.passed:
         fail("parity failed: see the rows marked FAIL", 1)
+
+
+@app.command()
+@handle_errors
+def bench(
+    model: str = ModelOpt,
+    weights: Optional[Path] = WeightsOpt,
+    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated: torch, ort, ort-portable, trt."),
+    batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8,32."),
+    img_size: str = typer.Option("224", "--img-size", help="Sizes, e.g. 224,384,512 (or HxW entries like 160x256)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8 (comma-separated)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and ORT."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up runs per combination."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Timed runs per combination (default: run for --seconds)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per combination (default 5 s unless --iters)."),
+    ops: bool = typer.Option(False, "--ops", help="Op-level mode: each custom op alone at the model's shapes (224² and 512²)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON (schema: defmamba_deploy.bench.RESULT_SCHEMA)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write results as CSV."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency-vs-batch plot (PNG; needs matplotlib)."),
+) -> None:
+    """Latency (median/p90/p99), images/s and peak memory across backends, batches, sizes, precisions.
+
+    Examples:
+      [bold]defmamba-deploy bench --model s --backends torch,ort,ort-portable --batch 1,8[/]
+      [bold]defmamba-deploy bench -m t --img-size 224,384 --iters 20 --json out.json --plot out.png[/]
+      [bold]defmamba-deploy bench --ops --model s[/]
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import bench as B
+    from .errors import UsageError
+
+    sizes = []
+    for item in [v for v in img_size.split(",") if v.strip()]:
+        sizes.append(parse_size(item))
+    if not sizes:
+        raise UsageError("--img-size is empty")
+    if ops:
+        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True) as prog:
+            task = prog.add_task("op bench", total=None)
+            res = B.run_op_bench(model, img_sizes=[h for h, _ in sizes] if img_size != "224" else (224, 512),
+                                 threads=threads, warmup=warmup, iters=iters, seconds=seconds if seconds else 1.0,
+                                 progress=lambda m: prog.update(task, description=m))
+        table = Table(title=f"op bench: DefMamba-{res['model']} shapes, memcpy {res['memcpy_gb_s']:.1f} GB/s")
+        for col in ("op", "impl", "size", "stage", "L", "Ch", "median ms", "MB moved", "GB/s", "% of memcpy"):
+            table.add_column(col, justify="left" if col in ("op", "impl") else "right")
+        for r in res["rows"]:
+            table.add_row(r["op"], r["impl"], str(r["img_size"]), str(r["stage"]), str(r["L"]), str(r["Ch"]),
+                          f"{r['median_ms']:.3f}", f"{r['bytes'] / 1e6:.2f}", f"{r['achieved_gb_s']:.2f}",
+                          f"{100 * r['fraction_of_memcpy']:.0f}%")
+        console.print(table)
+        for sk in res["skipped"]:
+            err_console.print(f"[yellow]skipped[/] {sk['impl']}: {escape(sk['reason'])}", highlight=False)
+        if json_out:
+            _write_text(json_out, json.dumps(res, indent=2))
+        return
+
+    blist = _parse_int_list(batch, "--batch")
+    plist = [p.strip() for p in precision.split(",") if p.strip()]
+    blist_backends = [b.strip() for b in backends.split(",") if b.strip()]
+    B.validate_args(blist_backends, blist, sizes, plist, warmup, iters, seconds)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as prog:
+        task = prog.add_task("bench", total=len(blist_backends) * len(plist) * len(sizes) * len(blist))
+        report = B.run_bench(model, weights, backends=blist_backends, batches=blist, sizes=sizes, precisions=plist,
+                             threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                             progress=lambda m, done, total: prog.update(task, completed=done, description=m))
+    data = report.to_dict()
+    table = Table(title=f"DefMamba-{report.model} latency on {data['machine']['cpu']} ({data['machine']['cores']} cores)")
+    for col in ("backend", "precision", "batch", "size", "median ms", "p90 ms", "p99 ms", "images/s", "peak RSS MiB", "iters"):
+        table.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    for r in report.results:
+        table.add_row(r.backend, r.precision, str(r.batch), f"{r.height}x{r.width}", f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}",
+                      f"{r.p99_ms:.1f}", f"{r.images_per_s:.2f}", f"{r.peak_rss_mib:.0f}", str(r.iters))
+    console.print(table)
+    for sk in report.skipped:
+        err_console.print(f"[yellow]skipped[/] {sk['backend']} {sk['precision']}: {escape(sk['reason'])}", highlight=False)
+    if json_out:
+        B.validate_report(data)
+        _write_text(json_out, json.dumps(data, indent=2))
+    if csv_out:
+        _write_text(csv_out, B.to_csv(report))
+    if plot:
+        B.plot_latency(data, plot)
+        console.print(f"wrote {plot}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename ('-' = stdout)."""
+    if str(path) == "-":
+        print(text)
+        return
+    from .onnx.export import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), text.encode())
 
 
 def main() -> None:
