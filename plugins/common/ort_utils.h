@@ -1,0 +1,217 @@
+// ONNX Runtime helpers shared by the ORT ops (plugins/<op>/ort_op.cpp). Not for kernel headers.
+//
+// The library is not linked against libonnxruntime: every translation unit that includes the ORT C++
+// API must be compiled with ORT_API_MANUAL_INIT (plugins/CMakeLists.txt sets it), and
+// RegisterCustomOps calls Ort::InitApi with the OrtApi that the loading runtime hands over.
+#pragma once
+
+#ifndef ORT_API_MANUAL_INIT
+#error "compile the defmamba ORT sources with -DORT_API_MANUAL_INIT (see plugins/CMakeLists.txt)"
+#endif
+
+#include <onnxruntime_cxx_api.h>
+
+#include <cstdint>
+#include <exception>
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cpu_parallel.h"
+#include "defmamba_math.h"
+
+namespace defmamba {
+namespace ort {
+
+// ---- element types --------------------------------------------------------------------------------
+template <typename T>
+struct ElemType;
+template <>
+struct ElemType<float> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+};
+template <>
+struct ElemType<Half> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+};
+template <>
+struct ElemType<double> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
+};
+template <>
+struct ElemType<int64_t> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+};
+static_assert(sizeof(Half) == sizeof(Ort::Float16_t), "Half and Ort::Float16_t must share a layout");
+
+inline const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    default: return "another type";
+  }
+}
+
+// ---- errors ---------------------------------------------------------------------------------------
+// Every error names the op first ("SelectiveScan: ..."), then the input and what was expected.
+[[noreturn]] inline void fail(const char* op, const std::string& msg) {
+  throw Ort::Exception(std::string(op) + ": " + msg, ORT_INVALID_ARGUMENT);
+}
+
+inline std::string dims_str(const std::vector<int64_t>& d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i) s += ", ";
+    s += d[i] < 0 ? std::string("*") : std::to_string(d[i]);
+  }
+  return s + (d.size() == 1 ? ",)" : ")");
+}
+
+// Runs f and turns any exception into an OrtStatus (nothing may unwind into ONNX Runtime).
+template <typename F>
+OrtStatusPtr guard(const char* op, F&& f) noexcept {
+  try {
+    f();
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return Ort::Status(e).release();
+  } catch (const std::exception& e) {
+    return Ort::Status((std::string(op) + ": " + e.what()).c_str(), ORT_RUNTIME_EXCEPTION).release();
+  } catch (...) {
+    return Ort::Status((std::string(op) + ": unknown error").c_str(), ORT_RUNTIME_EXCEPTION).release();
+  }
+}
+
+// ---- inputs ---------------------------------------------------------------------------------------
+struct Input {
+  const char* name;
+  ONNXTensorElementDataType type;
+  std::vector<int64_t> shape;
+  const void* data;
+  template <typename T>
+  const T* as() const {
+    return static_cast<const T*>(data);
+  }
+};
+
+inline Input get_input(const Ort::KernelContext& ctx, size_t index, const char* op, const char* name) {
+  Ort::ConstValue v = ctx.GetInput(index);
+  if (!v || !v.IsTensor()) fail(op, std::string("input '") + name + "' must be a tensor");
+  auto info = v.GetTensorTypeAndShapeInfo();
+  return Input{name, info.GetElementType(), info.GetShape(), v.GetTensorRawData()};
+}
+
+inline void expect_type(const char* op, const Input& in, ONNXTensorElementDataType want) {
+  if (in.type != want)
+    fail(op, std::string("input '") + in.name + "' must be " + type_name(want) + ", got " + type_name(in.type));
+}
+
+// want: expected dims, -1 = any value; layout: the symbolic shape, e.g. "(Bt, Ch, L)".
+inline void expect_shape(const char* op, const Input& in, const std::vector<int64_t>& want, const char* layout,
+                         const std::string& note = std::string()) {
+  bool ok = in.shape.size() == want.size();
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = want[i] < 0 || want[i] == in.shape[i];
+  if (!ok) {
+    std::string msg = std::string("input '") + in.name + "' must have shape " + layout + " = " + dims_str(want);
+    if (!note.empty()) msg += " " + note;
+    msg += ", got " + dims_str(in.shape);
+    if (in.shape.size() != want.size())
+      msg += " (rank " + std::to_string(in.shape.size()) + " instead of " + std::to_string(want.size()) + ")";
+    fail(op, msg);
+  }
+}
+
+inline std::vector<int64_t> any_dims(size_t rank) { return std::vector<int64_t>(rank, -1); }
+
+// ---- parallelism ----------------------------------------------------------------------------------
+// Runs the kernels' Parallel::for_each on ONNX Runtime's intra-op thread pool
+// (OrtApi::KernelContext_ParallelFor; serial when the session has a single intra-op thread).
+inline Parallel make_parallel(const Ort::KernelContext& ctx) {
+  Parallel p;
+  p.run = [](void* state, size_t total, void (*task)(void*, size_t), void* task_state) {
+    static_cast<const Ort::KernelContext*>(state)->ParallelFor(task, total, 0, task_state);
+  };
+  p.runner_state = const_cast<Ort::KernelContext*>(&ctx);
+  return p;
+}
+
+// ---- op boilerplate -------------------------------------------------------------------------------
+// Classic custom-op API with status-returning CreateKernelV2 / ComputeV2. TOp provides kName, the
+// type lists and, optionally, static InferOutputShape. TKernel has a constructor
+// (const OrtApi&, const OrtKernelInfo*) and `void Compute(Ort::KernelContext&)`.
+template <typename TOp, typename TKernel>
+struct CpuOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
+  CpuOp(std::vector<ONNXTensorElementDataType> in, std::vector<ONNXTensorElementDataType> out)
+      : in_types_(std::move(in)), out_types_(std::move(out)) {}
+
+  const char* GetName() const { return TOp::kName; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return in_types_.size(); }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return in_types_[i]; }
+  size_t GetOutputTypeCount() const { return out_types_.size(); }
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return out_types_[i]; }
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    *kernel = nullptr;
+    return guard(TOp::kName, [&] { *kernel = new TKernel(api, info); });
+  }
+
+ private:
+  std::vector<ONNXTensorElementDataType> in_types_, out_types_;
+};
+
+template <typename Derived>
+struct CpuKernel {
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return guard(Derived::kName, [&] {
+      Ort::KernelContext ctx(context);
+      static_cast<Derived*>(this)->Compute(ctx);
+    });
+  }
+};
+
+// Shape inference: outputs `outs` get the shape of input `in` when its rank is `rank` (their element
+// types come from ORT's own type inference). Never fails: shape errors are reported at run time.
+inline OrtStatusPtr infer_copy_shape(Ort::ShapeInferContext& ctx, size_t in, size_t rank,
+                                     std::initializer_list<size_t> outs) noexcept {
+  try {
+    if (in < ctx.GetInputCount()) {
+      const auto& shape = ctx.GetInputShape(in);
+      // An unknown dim arrives as the integer -1; ORT would take it back as a concrete -1 and fold
+      // Shape() of the output into -1s (then Reshape fails with "multiple -1"). Infer only
+      // what is fully known (integers >= 0 or named symbols).
+      for (const auto& d : shape)
+        if (d.IsInt() && d.AsInt() < 0) return nullptr;
+      if (shape.size() == rank)
+        for (size_t o : outs) {
+          Ort::Status st = ctx.SetOutputShape(o, shape);
+          (void)st;
+        }
+    }
+  } catch (...) {
+  }
+  return nullptr;
+}
+
+// Reads an optional int64 attribute. A missing attribute gives `fallback`; an attribute of another
+// type is an error (so that, e.g., delta_softplus=1.0 is not silently ignored).
+inline int64_t int_attribute(const OrtApi& api, const OrtKernelInfo* info, const char* op, const char* name,
+                             int64_t fallback) {
+  int64_t value = fallback;
+  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &value);
+  if (st == nullptr) return value;
+  api.ReleaseStatus(st);
+  float fvalue = 0.0f;
+  st = api.KernelInfoGetAttribute_float(info, name, &fvalue);
+  if (st == nullptr) fail(op, std::string("attribute '") + name + "' must be an int, got a float");
+  api.ReleaseStatus(st);
+  return fallback;
+}
+
+}  // namespace ort
+}  // namespace defmamba

@@ -1,0 +1,171 @@
+// CPU kernels against straightforward float64 implementations (no ONNX Runtime). ctest runs it once
+// per SIMD variant of the scan (DEFMAMBA_CPU_ISA=build|avx2|avx512; a variant the CPU lacks falls back
+// to the next narrower one). The thorough, contract-level tests are tests/test_ort_ops.py.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "deform_gather/cpu_kernel.h"
+#include "selective_scan/cpu_kernel.h"
+#include "token_sort/cpu_kernel.h"
+
+using namespace defmamba;
+namespace dm = defmamba::math;
+
+static int g_failures = 0;
+#define EXPECT(cond, ...)                                       \
+  do {                                                          \
+    if (!(cond)) {                                              \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::fprintf(stderr, __VA_ARGS__);                        \
+      std::fprintf(stderr, "\n");                               \
+      ++g_failures;                                             \
+    }                                                           \
+  } while (0)
+
+template <typename T>
+static std::vector<T> cast_vec(const std::vector<float>& v) {
+  std::vector<T> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = dm::from_f32<T>(v[i]);
+  return out;
+}
+
+// ---- SelectiveScan ---------------------------------------------------------------------------------
+template <typename T>
+static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, bool softplus, std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  const size_t nu = Bt * Ch * L, nb = Bt * G * N * L;
+  std::vector<float> u(nu), dl(nu), A(Ch * N), Bm(nb), Cm(nb), D(Ch), db(Ch);
+  for (auto& v : u) v = nd(rng);
+  for (auto& v : dl) v = softplus ? nd(rng) - 1.0f : std::fabs(nd(rng)) * 0.3f;
+  for (auto& v : A) v = -std::exp(nd(rng));
+  for (auto& v : Bm) v = nd(rng);
+  for (auto& v : Cm) v = nd(rng);
+  for (auto& v : D) v = nd(rng);
+  for (auto& v : db) v = softplus ? 0.1f * nd(rng) : 0.05f * std::fabs(nd(rng));  // dt >= 0 keeps |y| moderate
+  // round the T inputs first so that both sides see the same values
+  auto ut = cast_vec<T>(u), dlt = cast_vec<T>(dl), Bt_ = cast_vec<T>(Bm), Ct = cast_vec<T>(Cm);
+  std::vector<T> y(nu);
+  selective_scan_cpu<T>({Bt, Ch, G, N, L}, ut.data(), dlt.data(), A.data(), Bt_.data(), Ct.data(), D.data(),
+                        db.data(), softplus, y.data());
+  double max_err = 0.0, scale = 1e-30;
+  const double out_tol = std::is_same<T, float>::value ? 0.0 : std::ldexp(1.0, -11);  // fp16 output rounding
+  bool ok = true;
+  for (int64_t b = 0; b < Bt; ++b)
+    for (int64_t c = 0; c < Ch; ++c) {
+      const int64_t g = c / (Ch / G);
+      std::vector<double> h(N, 0.0);
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t i = (b * Ch + c) * L + t;
+        double d = dm::to_f32(dlt[i]) + static_cast<double>(db[c]);
+        if (softplus) d = d > 20.0 ? d : std::log1p(std::exp(d));
+        const double uv = dm::to_f32(ut[i]);
+        double acc = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t j = ((b * G + g) * N + n) * L + t;
+          h[n] = std::exp(d * A[c * N + n]) * h[n] + d * dm::to_f32(Bt_[j]) * uv;
+          acc += dm::to_f32(Ct[j]) * h[n];
+        }
+        acc += D[c] * uv;
+        const double got = dm::to_f32(y[i]);
+        const double err = std::fabs(got - acc) - out_tol * std::fabs(acc);
+        max_err = std::max(max_err, err);
+        scale = std::max(scale, std::fabs(acc));
+        ok = ok && std::isfinite(got);
+      }
+    }
+  const double tol = 2e-5 * std::max(scale, 1.0);
+  EXPECT(ok && max_err <= tol, "scan<%s> Bt=%lld Ch=%lld G=%lld N=%lld L=%lld softplus=%d: max err %.3g > %.3g",
+         std::is_same<T, float>::value ? "f32" : "f16", (long long)Bt, (long long)Ch, (long long)G, (long long)N,
+         (long long)L, (int)softplus, max_err, tol);
+}
+
+// ---- TokenSort -------------------------------------------------------------------------------------
+static void check_sort(int64_t Bt, int64_t L, bool ties, std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  std::vector<float> x(Bt * L);
+  for (auto& v : x) v = ties ? 20.0f * static_cast<float>(static_cast<int>(rng() % 3) - 1) : 3.0f * nd(rng);
+  std::vector<int64_t> perm(Bt * L), inv(Bt * L);
+  token_sort_cpu<float>(Bt, L, x.data(), perm.data(), inv.data());
+  for (int64_t b = 0; b < Bt; ++b) {
+    std::vector<float> key(L);
+    for (int64_t l = 0; l < L; ++l) key[l] = dm::token_sort_key(x[b * L + l], l, L);
+    std::vector<int64_t> ref(L);
+    std::iota(ref.begin(), ref.end(), 0);
+    if (L > 1) std::stable_sort(ref.begin(), ref.end(), [&](int64_t a, int64_t c) { return key[a] < key[c]; });
+    bool same = true, inverse = true;
+    for (int64_t j = 0; j < L; ++j) {
+      same = same && perm[b * L + j] == ref[j];
+      inverse = inverse && inv[b * L + perm[b * L + j]] == j;
+    }
+    EXPECT(same && inverse, "token_sort Bt=%lld L=%lld ties=%d row %lld: perm %s, inverse %s", (long long)Bt,
+           (long long)L, (int)ties, (long long)b, same ? "ok" : "WRONG", inverse ? "ok" : "WRONG");
+  }
+}
+
+// ---- DeformGather ----------------------------------------------------------------------------------
+static void check_gather(int64_t Bt, int64_t Ch, int64_t H, int64_t W, int64_t Th, int64_t Tw, std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  const int64_t K = 3;
+  std::vector<float> x(Bt * Ch * H * W), off(Bt * K * H * W), tab(Ch * Th * Tw), feat(Bt * Ch * H * W);
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : off) v = 2.0f * nd(rng);
+  for (auto& v : tab) v = nd(rng);
+  deform_gather_cpu<float>({Bt, Ch, H, W, K, Th, Tw}, x.data(), off.data(), tab.data(), feat.data());
+  // direct evaluation: full resized table, then the shared per-element functions
+  std::vector<float> resized(Ch * H * W);
+  for (int64_t c = 0; c < Ch; ++c)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j) {
+        const auto ry = dm::resize_source_index(i, Th, H), rx = dm::resize_source_index(j, Tw, W);
+        const float* t = tab.data() + c * Th * Tw;
+        resized[(c * H + i) * W + j] =
+            (1 - ry.lambda) * ((1 - rx.lambda) * t[ry.i0 * Tw + rx.i0] + rx.lambda * t[ry.i0 * Tw + rx.i1]) +
+            ry.lambda * ((1 - rx.lambda) * t[ry.i1 * Tw + rx.i0] + rx.lambda * t[ry.i1 * Tw + rx.i1]);
+      }
+  double max_err = 0.0;
+  for (int64_t b = 0; b < Bt; ++b)
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j) {
+        const auto p = dm::deform_point(i, j, H, W, off[((b * K + 0) * H + i) * W + j], off[((b * K + 1) * H + i) * W + j]);
+        for (int64_t c = 0; c < Ch; ++c) {
+          const float ref = dm::bilinear_zero_pad(x.data() + (b * Ch + c) * H * W, H, W, p.py, p.px) +
+                            dm::bilinear_zero_pad(resized.data() + c * H * W, H, W, p.ty, p.tx);
+          max_err = std::max(max_err, std::fabs(static_cast<double>(ref) - feat[((b * Ch + c) * H + i) * W + j]));
+        }
+      }
+  EXPECT(max_err <= 1e-5, "deform_gather Bt=%lld Ch=%lld H=%lld W=%lld: max err %.3g", (long long)Bt, (long long)Ch,
+         (long long)H, (long long)W, max_err);
+}
+
+int main() {
+  std::printf("selective scan variant: %s\n", selective_scan_cpu_isa());
+  std::mt19937 rng(1234);
+  for (bool sp : {true, false}) {
+    check_scan<float>(2, 6, 3, 16, 77, sp, rng);
+    check_scan<float>(1, 4, 1, 16, 1, sp, rng);
+    check_scan<float>(1, 3, 3, 5, 40, sp, rng);
+    check_scan<Half>(2, 6, 3, 16, 70, sp, rng);
+    check_scan<Half>(1, 2, 2, 7, 9, sp, rng);
+  }
+  check_scan<float>(1, 8, 2, 16, 1000, true, rng);
+  for (bool ties : {false, true}) {
+    check_sort(3, 17, ties, rng);
+    check_sort(2, 1, ties, rng);
+    check_sort(2, 2, ties, rng);
+    check_sort(2, 1025, ties, rng);
+    check_sort(1, 4097, ties, rng);
+  }
+  check_gather(2, 3, 5, 7, 7, 7, rng);
+  check_gather(1, 2, 2, 2, 3, 5, rng);
+  check_gather(1, 4, 14, 9, 7, 7, rng);
+  if (g_failures) {
+    std::fprintf(stderr, "%d failure(s)\n", g_failures);
+    return 1;
+  }
+  std::printf("all CPU kernel tests passed\n");
+  return 0;
+}
