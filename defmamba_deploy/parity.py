@@ -95,6 +95,18 @@ def make_inputs(img_size: tuple[int, int], samples: int, images: str | os.PathLi
     return np.stack(arrays), names
 
 
+def _check_same_weights(path, exported: dict | None, weights, load_report) -> None:
+    """The ONNX file must hold the weights the PyTorch reference uses, or the comparison means nothing."""
+    if not isinstance(exported, dict):
+        return
+    if weights is None and "sha256" in exported:
+        raise UsageError(f"{path} was exported from {exported.get('path')}: pass the same file with --weights")
+    if weights is not None and "random_init_seed" in exported:
+        raise UsageError(f"{path} was exported with random weights, not --weights {weights}: re-export with --weights")
+    if weights is not None and load_report is not None and exported.get("sha256") not in (None, load_report.sha256):
+        raise UsageError(f"{path} was exported from other weights ({exported.get('path')}) than --weights {weights}: pass the same file")
+
+
 def _run_batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
@@ -123,6 +135,7 @@ def run_parity(
 
     from .model import check_input_size, create_model, resolve_name
     from .onnx import export_onnx, read_sidecar
+    from .onnx.export import RANDOM_INIT_SEED
     from .runtime.onnxrt import OrtRunner
 
     name = resolve_name(model)
@@ -139,11 +152,12 @@ def run_parity(
     x, names = make_inputs(img_size, samples, images)
     report = ParityReport(name, tuple(img_size), atol, rtol, names)
     say(f"PyTorch reference: DefMamba-{name} on {len(x)} inputs at {img_size[0]}x{img_size[1]}")
-    net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle)
-    with torch.inference_mode():
-        ref = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, max(batches))
-
     with tempfile.TemporaryDirectory(prefix="defmamba_parity_") as tmp:
+        net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED)
+        if weights is None:
+            say(f"no --weights: comparing the seeded random initialisation (seed {RANDOM_INIT_SEED}); fine for parity, meaningless for accuracy")
+        with torch.inference_mode():
+            ref = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, max(batches))
         files = {"ort": onnx, "ort-portable": portable_onnx}
         for backend in backends:
             if backend == "torch":
@@ -163,6 +177,8 @@ def run_parity(
                 if side and side.get("variant") != name:
                     raise UsageError(f"{path} was exported from DefMamba-{side.get('variant')}, not DefMamba-{name}: "
                                      f"pass --model {side.get('variant', '?')[0]} or the right --onnx file")
+                if side:
+                    _check_same_weights(path, side.get("weights"), weights, net.load_report)
             say(f"running {backend}: {path}")
             runner = OrtRunner(path, threads=threads, library=library if backend == "ort" else None)
             for b in batches:

@@ -52,7 +52,7 @@ def test_sidecar(tiny_onnx):
     assert side == json.loads(tiny_onnx.sidecar_path.read_text())
     assert side["variant"] == "tiny" and side["opset"] == 17 and side["dynamic"] == "shape"
     assert side["custom_ops"] == ["DeformGather", "SelectiveScan", "TokenSort"]
-    assert side["weights"] == "random init" and side["toolkit_version"] == dd.__version__
+    assert side["weights"] == {"random_init_seed": 0} and side["toolkit_version"] == dd.__version__
     assert side["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
     assert side["dynamic_axes"]["input"] == {"0": "batch", "2": "height", "3": "width"}
 

@@ -22,19 +22,30 @@ def create_model(
     backbone: bool = False,
     unsafe_pickle: bool = False,
     num_classes: int | None = None,
+    seed: int | None = None,
 ):
     """Build DefMamba ``name`` ('t'|'s'|'b' or 'tiny'|'small'|'base') in eval mode.
 
     ``weights``: a checkpoint file loaded strictly (see :func:`load_checkpoint`); ``ema`` picks the
     EMA weights of a training file. ``backbone=True`` gives the dense-prediction backbone that
     returns four feature maps. The load report is kept as ``model.load_report`` (None without weights).
+    ``seed`` makes a random initialisation reproducible (the global RNG is left untouched), so that
+    separately built copies, e.g. an exported file and a parity reference, hold the same weights.
     """
     cfg = get_config(name)
     if num_classes is not None:
         from dataclasses import replace
 
         cfg = replace(cfg, num_classes=num_classes)
-    model = (DefMambaBackbone if backbone else DefMamba)(cfg)
+    cls = DefMambaBackbone if backbone else DefMamba
+    if seed is not None:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(cfg)
+    else:
+        model = cls(cfg)
     model.load_report = None
     if weights is not None:
         model.load_report = load_checkpoint(model, weights, ema=ema, unsafe_pickle=unsafe_pickle)

@@ -5,7 +5,7 @@ Contract (``defmamba::DeformGather``)::
     x         : (Bt, Ch, H, W)   the activation, H >= 2 and W >= 2
     offset    : (Bt, K, H, W)    K >= 2; channel 0 = dy, channel 1 = dx (raw, before tanh); others ignored
     rpe_table : (Ch, Th, Tw)     the relative-position bias table (7 x 7 in DefMamba)
-    returns feat : (Bt, Ch, H, W), x's dtype
+    returns feat : (Bt, Ch, H, W), x's dtype (computed in float32, or float64 for float64 input)
 
 Points, in normalised coordinates (-1 .. 1, align_corners=True)::
 
@@ -48,7 +48,9 @@ def deform_gather(x: torch.Tensor, offset: torch.Tensor, rpe_table: torch.Tensor
         raise ValueError(f"deform_gather: rpe_table must be (Ch={ch}, Th, Tw), got {tuple(rpe_table.shape)}")
     if h < 2 or w < 2:
         raise ValueError(f"deform_gather: H and W must be >= 2 (the point grid divides by H-1 and W-1), got {h}x{w}")
-    dtype = x.dtype
+    out_dtype = x.dtype
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # compute in float32 (or float64)
+    x, rpe_table = x.to(dtype), rpe_table.to(dtype)
     ry, rx = reference_points(h, w, dtype, x.device)
     pos_y = ry[:, None] + offset[:, 0].to(dtype).tanh() / (h - 1.0)  # (Bt, H, W)
     pos_x = rx[None, :] + offset[:, 1].to(dtype).tanh() / (w - 1.0)
@@ -59,4 +61,4 @@ def deform_gather(x: torch.Tensor, offset: torch.Tensor, rpe_table: torch.Tensor
     ky, kx = key_points(h, w, dtype, x.device)
     disp = torch.stack(((kx[None, :] - pos_x) * 0.5, (ky[:, None] - pos_y) * 0.5), dim=-1)
     bias = F.grid_sample(table.expand(bt, -1, -1, -1), disp, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return sampled + bias
+    return (sampled + bias).to(out_dtype)
