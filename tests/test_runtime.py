@@ -1,0 +1,153 @@
+"""ORT runtime: sessions with the custom-op library, input validation, Predictor, parity end to end."""
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import defmamba_deploy as dd
+from defmamba_deploy.cli import _join_size_args, app
+from defmamba_deploy.onnx import export_onnx
+from defmamba_deploy.parity import run_parity
+from defmamba_deploy.runtime import OrtRunner, Predictor, create_session, find_library
+
+
+@pytest.fixture(scope="module")
+def lib():
+    path = find_library("ort", required=False)
+    if path is None:
+        pytest.skip("libdefmamba_ort_ops.so is not built (bash scripts/build_plugins.sh)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rt")
+    w = d / "t.pth"
+    torch.save(dd.create_model("t", seed=1).state_dict(), w)
+    custom = export_onnx("t", w, img_size=(64, 64), dynamic="batch", output=d / "t.onnx")
+    portable = export_onnx("t", w, img_size=(64, 64), dynamic="batch", portable=True, output=d / "tp.onnx")
+    static = export_onnx("t", w, img_size=(64, 64), dynamic="none", output=d / "ts.onnx")
+    return {"weights": w, "custom": custom.path, "portable": portable.path, "static": static.path}
+
+
+def reference(weights, x):
+    with torch.inference_mode():
+        return dd.create_model("t", weights)(torch.from_numpy(x)).numpy()
+
+
+def test_dynamic_batch_from_one_file(lib, exported):
+    x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    ref = reference(exported["weights"], x)
+    for key in ("custom", "portable"):
+        runner = OrtRunner(exported[key], threads=2)
+        np.testing.assert_allclose(runner(x), ref, atol=1e-4, rtol=1e-3)
+        np.testing.assert_allclose(runner(x[:1]), ref[:1], atol=1e-4, rtol=1e-3)
+
+
+def test_portable_runs_without_library(exported):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(exported["portable"]), providers=["CPUExecutionProvider"])  # plain session
+    out = sess.run(None, {"input": np.zeros((2, 3, 64, 64), np.float32)})[0]
+    assert out.shape == (2, 1000)
+
+
+@pytest.mark.parametrize("x,match", [
+    (np.zeros((3, 64, 64), np.float32), "rank 4"),
+    (np.zeros((1, 3, 64, 64), np.float64), "float32"),
+    (np.zeros((1, 1, 64, 64), np.float32), "3 channels"),
+    (np.zeros((1, 3, 32, 64), np.float32), ">= 33"),
+    ([[1.0]], "numpy array"),
+])
+def test_bad_inputs(lib, exported, x, match):
+    runner = OrtRunner(exported["custom"])
+    with pytest.raises(dd.UsageError, match=match):
+        runner(x)
+
+
+def test_static_model_rejects_other_shapes(lib, exported):
+    runner = OrtRunner(exported["static"])
+    runner(np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(dd.UsageError, match="fixed input shape.*--dynamic"):
+        runner(np.zeros((2, 3, 64, 64), np.float32))
+
+
+def test_explicit_library_path_and_missing_library(lib, exported, tmp_path):
+    assert create_session(exported["custom"], library=lib) is not None
+    with pytest.raises(dd.MissingDependencyError, match="does not exist"):
+        create_session(exported["custom"], library=tmp_path / "nope.so")
+    with pytest.raises(dd.UsageError, match="not available"):
+        create_session(exported["custom"], providers=["NoSuchExecutionProvider"])
+
+
+def test_predictor_thread_safe(lib, exported, tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray((rng.random((70, 90, 3)) * 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    pred = Predictor(exported["custom"], threads=1)
+    assert pred.img_size == (64, 64)  # from the sidecar
+    expected = [pred.predict([p], topk=3)[0] for p in paths]
+    assert [e["prob"] for e in expected[0]] == sorted([e["prob"] for e in expected[0]], reverse=True)
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                results.setdefault(i, []).append(pred.predict([paths[i]], topk=3)[0])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        for r in results[i]:
+            assert [c["class"] for c in r] == [c["class"] for c in expected[i]]
+
+
+def test_parity_api_and_cli(lib, exported, tmp_path):
+    report = run_parity("t", exported["weights"], onnx=exported["custom"], portable_onnx=exported["portable"],
+                        samples=2, images=None, img_size=(64, 64), batches=(1, 3))
+    assert report.passed and {(r.backend, r.batch) for r in report.rows} == {
+        (b, n) for b in ("torch", "ort", "ort-portable") for n in (1, 3)}
+    for r in report.rows:
+        assert r.max_abs < 1e-4 and r.cosine > 0.99999 and r.top1 == 1.0
+    runner = CliRunner()
+    out = tmp_path / "p.json"
+    args = ["parity", "-m", "t", "-w", str(exported["weights"]), "--onnx", str(exported["custom"]), "--backends", "torch,ort",
+            "--img-size", "64", "--samples", "1", "--batch", "1,2", "--json", str(out)]
+    r = runner.invoke(app, _join_size_args(args))
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["passed"] and len(data["rows"]) == 4
+    # an impossible tolerance fails with exit code 1
+    r = runner.invoke(app, _join_size_args(args[:-2] + ["--atol", "0", "--rtol", "0"]))
+    assert r.exit_code == 1 and "parity failed" in r.output
+
+
+def test_parity_refuses_mismatched_files(lib, exported, tmp_path):
+    with pytest.raises(dd.UsageError, match="--model t"):
+        run_parity("s", onnx=exported["custom"], backends=["ort"], samples=1, img_size=(64, 64))
+    other = tmp_path / "other.pth"
+    torch.save(dd.create_model("t", seed=5).state_dict(), other)
+    with pytest.raises(dd.UsageError, match="other weights"):
+        run_parity("t", other, onnx=exported["custom"], backends=["ort"], samples=1, img_size=(64, 64))
+    with pytest.raises(dd.UsageError, match="unknown backend"):
+        run_parity("t", backends=["tensorflow"])
+
+
+def test_parity_random_init_matches_export(lib, tmp_path):
+    """Without weights, export and parity share the seeded random init."""
+    path = export_onnx("t", img_size=(48, 48), output=tmp_path / "r.onnx").path
+    report = run_parity("t", onnx=path, backends=["ort"], samples=1, img_size=(48, 48), batches=(1,))
+    assert report.passed
