@@ -124,8 +124,10 @@ class DSSM(nn.Module):
         b, h, w, _ = x.shape
         length = h * w
         d, n, r, k = self.d_inner, self.d_state, self.dt_rank, self.k
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        z = F.silu(z)
+        # in_proj as two half-width products (rows [:D] -> x, [D:] -> z): the same dot products as
+        # Linear-then-chunk, without slicing a (B, H, W, 2D) activation in the exported graph
+        w_in = self.in_proj.weight
+        x, z = F.linear(x, w_in[:d]), F.silu(F.linear(x, w_in[d:]))
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, D, H, W)
 
         offset = self.DS.conv_offset(x)  # (B, 3, H, W)
@@ -134,9 +136,12 @@ class DSSM(nn.Module):
         s0 = x.flatten(2)
         xs = torch.stack((s0, s0.flip(-1), apply_permutation(feat, perm)), dim=1)  # (B, K, D, L)
 
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        # per-branch projections as broadcast matmuls ((K, C', D) @ (B, K, D, L)): the same sums as the
+        # authors' einsums, and they export to ONNX MatMul, which ORT runs far faster than Einsum
+        w_x = self.x_proj_weight  # (K, R + 2N, D), split by rows: no slicing of activations
+        dts = torch.matmul(self.dt_projs_weight, torch.matmul(w_x[:, :r], xs))  # (B, K, D, L)
+        bs = torch.matmul(w_x[:, r : r + n], xs)  # (B, K, N, L)
+        cs = torch.matmul(w_x[:, r + n :], xs)
         y = selective_scan(
             xs.reshape(b, k * d, length),
             dts.reshape(b, k * d, length),
