@@ -173,7 +173,7 @@ class Skip(Exception):
     """A backend/precision that cannot run here; the message is the reason."""
 
 
-def _torch_factory(name, weights, precision, size, threads, workdir, dynamic):
+def _torch_factory(name, weights, precision, size, threads, workdir, dynamic, onnx_file=None):
     import torch
 
     from .model import create_model
@@ -205,16 +205,19 @@ def _torch_factory(name, weights, precision, size, threads, workdir, dynamic):
 
 
 def _ort_factory(portable: bool):
-    def factory(name, weights, precision, size, threads, workdir, dynamic):
+    def factory(name, weights, precision, size, threads, workdir, dynamic, onnx_file=None):
         if precision != "fp32":
             raise Skip(f"{precision} on ONNX Runtime is not provided (use the TensorRT backend for fp16/int8)")
         from .onnx import export_onnx
         from .runtime.onnxrt import OrtRunner
 
-        # one dynamic-batch file per resolution: the fixed spatial size lets ORT fold the shape arithmetic
-        path = Path(workdir) / f"{name}_{'portable' if portable else 'custom'}_{size[0]}x{size[1]}.onnx"
-        if not path.exists():
-            export_onnx(name, weights, img_size=size, dynamic="batch", portable=portable, output=path)
+        if onnx_file is not None:
+            path = Path(onnx_file)
+        else:
+            # one dynamic-batch file per resolution: the fixed spatial size lets ORT fold the shape arithmetic
+            path = Path(workdir) / f"{name}_{'portable' if portable else 'custom'}_{size[0]}x{size[1]}.onnx"
+            if not path.exists():
+                export_onnx(name, weights, img_size=size, dynamic="batch", portable=portable, output=path)
         try:
             runner = OrtRunner(path, threads=threads)
         except MissingDependencyError as e:
@@ -230,7 +233,7 @@ def _ort_factory(portable: bool):
     return factory
 
 
-def _trt_factory(name, weights, precision, size, threads, workdir, dynamic):
+def _trt_factory(name, weights, precision, size, threads, workdir, dynamic, onnx_file=None):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -263,6 +266,25 @@ def validate_args(backends, batches, sizes, precisions, warmup, iters, seconds) 
         raise UsageError(f"--seconds must be > 0, got {seconds}")
 
 
+def _check_onnx_files(name: str, onnx_files: dict, sizes) -> None:
+    """Given ONNX files must exist, be for this variant and accept every requested size."""
+    from .onnx import load_onnx, read_sidecar
+
+    for backend, path in onnx_files.items():
+        if backend not in ("ort", "ort-portable"):
+            raise UsageError(f"an ONNX file can be given for ort or ort-portable, not {backend!r}")
+        load_onnx(path, check=False)
+        side = read_sidecar(path) or {}
+        if side.get("variant") and side["variant"] != name:
+            raise UsageError(f"{path} is DefMamba-{side['variant']}, not DefMamba-{name}: pass --model {side['variant'][0]} or the right --onnx")
+        if side.get("dynamic") in ("batch", "none"):
+            fixed = tuple(side.get("export_input_size", ()))
+            bad = [s for s in sizes if tuple(s) != fixed]
+            if bad:
+                raise UsageError(f"{path} was exported for {fixed[0]}x{fixed[1]} only (--dynamic {side['dynamic']}); "
+                                 f"bench it at that --img-size or re-export with --dynamic shape")
+
+
 def run_bench(
     model: str = "s",
     weights: str | os.PathLike | None = None,
@@ -286,6 +308,8 @@ def run_bench(
     if iters is None and seconds is None:
         seconds = 5.0
     validate_args(backends, batches, sizes, precisions, warmup, iters, seconds)
+    onnx_files = dict(onnx_files or {})
+    _check_onnx_files(name, onnx_files, sizes)
     from .machine import machine_info
 
     report = BenchReport(name, machine_info(), {"warmup": warmup, "iters": iters, "seconds": seconds, "threads": threads,
@@ -299,7 +323,8 @@ def run_bench(
         for backend, precision, size in combos:
             label = f"{backend} {precision} {size[0]}x{size[1]}"
             try:
-                make, sync, device_mem = FACTORIES[backend](name, weights, precision, size, threads, work, "shape")
+                make, sync, device_mem = FACTORIES[backend](name, weights, precision, size, threads, work, "shape",
+                                                             onnx_file=onnx_files.get(backend))
             except Skip as e:
                 if not any(s["backend"] == backend and s["precision"] == precision for s in report.skipped):
                     report.skipped.append({"backend": backend, "precision": precision, "reason": str(e)})

@@ -303,6 +303,8 @@ def bench(
     warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up runs per combination."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed runs per combination (default: run for --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per combination (default 5 s unless --iters)."),
+    onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for 'ort' (default: exported on the fly)."),
+    portable_file: Optional[Path] = typer.Option(None, "--portable-onnx", help="Portable ONNX file for 'ort-portable'."),
     ops: bool = typer.Option(False, "--ops", help="Op-level mode: each custom op alone at the model's shapes (224² and 512²)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON (schema: defmamba_deploy.bench.RESULT_SCHEMA)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write results as CSV."),
@@ -352,8 +354,9 @@ def bench(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as prog:
         task = prog.add_task("bench", total=len(blist_backends) * len(plist) * len(sizes) * len(blist))
+        files = {k: v for k, v in (("ort", onnx_file), ("ort-portable", portable_file)) if v is not None}
         report = B.run_bench(model, weights, backends=blist_backends, batches=blist, sizes=sizes, precisions=plist,
-                             threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                             threads=threads, warmup=warmup, iters=iters, seconds=seconds, onnx_files=files,
                              progress=lambda m, done, total: prog.update(task, completed=done, description=m))
     data = report.to_dict()
     table = Table(title=f"DefMamba-{report.model} latency on {data['machine']['cpu']} ({data['machine']['cores']} cores)")
