@@ -233,12 +233,38 @@ def _ort_factory(portable: bool):
     return factory
 
 
-def _trt_factory(name, weights, precision, size, threads, workdir, dynamic, onnx_file=None):
+def _trt_factory(name, weights, precision, size, threads, workdir, dynamic, onnx_file=None, engine_file=None):
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise Skip("TensorRT is not installed (pip install 'defmamba-deploy[tensorrt]' on a machine with an NVIDIA GPU)") from None
-    raise Skip("the TensorRT runner is not available in this version")
+        from .runtime.trt_build import build_engine, compute_profile, require_tensorrt
+
+        require_tensorrt()
+    except MissingDependencyError as e:
+        raise Skip(str(e)) from None
+    from .runtime.trt import TrtRunner
+
+    if engine_file is None:
+        if precision == "int8":
+            raise Skip("int8 needs calibration data: build the engine with build-engine --int8 and pass --engine")
+        from .onnx import export_onnx, read_sidecar
+
+        path = Path(workdir) / f"{name}_trt_{size[0]}x{size[1]}.onnx"
+        if not path.exists():
+            export_onnx(name, weights, img_size=size, dynamic="batch", output=path)
+        engine_file = Path(workdir) / f"{name}_{precision}_{size[0]}x{size[1]}.plan"
+        if not engine_file.exists():
+            build_engine(path, engine_file, precision=precision, profile=compute_profile(read_sidecar(path) or {}))
+    runner = TrtRunner(engine_file)
+
+    def make(x: np.ndarray):
+        x = runner.check_input(x)
+        return lambda: runner(x)
+
+    def device_mem():
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+    return make, None, device_mem
 
 
 FACTORIES = {"torch": _torch_factory, "ort": _ort_factory(False), "ort-portable": _ort_factory(True), "trt": _trt_factory}
@@ -299,6 +325,7 @@ def run_bench(
     seconds: float | None = 5.0,
     workdir: str | os.PathLike | None = None,
     onnx_files: dict[str, str] | None = None,
+    engine: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> BenchReport:
     """Run the benchmark matrix and return the report (see module docstring)."""
@@ -323,8 +350,9 @@ def run_bench(
         for backend, precision, size in combos:
             label = f"{backend} {precision} {size[0]}x{size[1]}"
             try:
+                extra = {"engine_file": engine} if backend == "trt" and engine is not None else {}
                 make, sync, device_mem = FACTORIES[backend](name, weights, precision, size, threads, work, "shape",
-                                                             onnx_file=onnx_files.get(backend))
+                                                             onnx_file=onnx_files.get(backend), **extra)
             except Skip as e:
                 if not any(s["backend"] == backend and s["precision"] == precision for s in report.skipped):
                     report.skipped.append({"backend": backend, "precision": precision, "reason": str(e)})

@@ -250,7 +250,8 @@ def parity(
     unsafe_pickle: bool = UnsafeOpt,
     onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for the 'ort' backend (exported on the fly if omitted)."),
     portable_file: Optional[Path] = typer.Option(None, "--portable-onnx", help="Portable ONNX file for 'ort-portable' (exported on the fly if omitted)."),
-    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated: torch, ort, ort-portable."),
+    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated: torch, ort, ort-portable, trt."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine for the 'trt' backend (from build-engine)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of photos (default: scikit-image's sample photos)."),
     samples: int = typer.Option(2, "--samples", help="Random-normal inputs in addition to the photos."),
     img_size: Optional[str] = ImgSizeOpt,
@@ -273,7 +274,8 @@ def parity(
         model, weights, ema=ema, unsafe_pickle=unsafe_pickle, onnx=onnx_file, portable_onnx=portable_file,
         backends=[b.strip() for b in backends.split(",") if b.strip()], images=images, samples=samples,
         img_size=parse_size(img_size), batches=_parse_int_list(batch, "--batch"), atol=atol, rtol=rtol,
-        threads=threads, library=plugins, progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False),
+        threads=threads, library=plugins, engine=engine,
+        progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False),
     )
     table = Table(title=f"parity vs PyTorch: DefMamba-{report.model} {report.img_size[0]}x{report.img_size[1]}, "
                         f"{len(report.inputs)} inputs, atol {atol:g} rtol {rtol:g}")
@@ -305,6 +307,7 @@ def bench(
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per combination (default 5 s unless --iters)."),
     onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for 'ort' (default: exported on the fly)."),
     portable_file: Optional[Path] = typer.Option(None, "--portable-onnx", help="Portable ONNX file for 'ort-portable'."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine for 'trt' (default: built on the fly)."),
     ops: bool = typer.Option(False, "--ops", help="Op-level mode: each custom op alone at the model's shapes (224² and 512²)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON (schema: defmamba_deploy.bench.RESULT_SCHEMA)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write results as CSV."),
@@ -356,7 +359,7 @@ def bench(
         task = prog.add_task("bench", total=len(blist_backends) * len(plist) * len(sizes) * len(blist))
         files = {k: v for k, v in (("ort", onnx_file), ("ort-portable", portable_file)) if v is not None}
         report = B.run_bench(model, weights, backends=blist_backends, batches=blist, sizes=sizes, precisions=plist,
-                             threads=threads, warmup=warmup, iters=iters, seconds=seconds, onnx_files=files,
+                             threads=threads, warmup=warmup, iters=iters, seconds=seconds, onnx_files=files, engine=engine,
                              progress=lambda m, done, total: prog.update(task, completed=done, description=m))
     data = report.to_dict()
     table = Table(title=f"DefMamba-{report.model} latency on {data['machine']['cpu']} ({data['machine']['cores']} cores)")
@@ -376,6 +379,68 @@ def bench(
     if plot:
         B.plot_latency(data, plot)
         console.print(f"wrote {plot}")
+
+
+@app.command("build-engine")
+@handle_errors
+def build_engine_cmd(
+    onnx_file: Optional[Path] = typer.Argument(None, help="ONNX file from `export` (default: export --model now)."),
+    model: str = ModelOpt,
+    weights: Optional[Path] = WeightsOpt,
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (TensorRT 10: builder flag; 11: converted ONNX)."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 engine (TensorRT 10: entropy calibrator; 11: Q/DQ ONNX)."),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="Folder of calibration photos (INT8)."),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="Use at most N calibration images."),
+    calib_batch: int = typer.Option(8, "--calib-batch", help="Calibration batch size."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Profile from export/presets (e.g. dynamic-batch-224)."),
+    min_shape: Optional[str] = typer.Option(None, "--min-shape", help="BxHxW, e.g. 1x224x224."),
+    opt_shape: Optional[str] = typer.Option(None, "--opt-shape", help="BxHxW, e.g. 8x224x224."),
+    max_shape: Optional[str] = typer.Option(None, "--max-shape", help="BxHxW, e.g. 32x224x224."),
+    workspace: float = typer.Option(4.0, "--workspace", help="Builder workspace in GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file (read if present, then updated)."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="libdefmamba_trt_plugins.so (found automatically after the build)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Engine file (default defmamba_<m>_<precision>.plan); a .plan.json sidecar is written next to it."),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT verbose log."),
+) -> None:
+    """Build a TensorRT engine (FP32/FP16/INT8, dynamic shapes, timing cache) with our plugins.
+
+    Examples:
+      [bold]defmamba-deploy build-engine defmamba_s.onnx --fp16[/]
+      [bold]defmamba-deploy build-engine -m s --int8 --calib-images imgs/ --calib-samples 512 --preset dynamic-batch-224[/]
+      [bold]defmamba-deploy build-engine t.onnx --min-shape 1x224x224 --opt-shape 8x224x224 --max-shape 32x224x224[/]
+    """
+    from .errors import UsageError
+    from .runtime.trt_build import build_engine, compute_profile, require_tensorrt
+
+    require_tensorrt()  # fail fast, before any other work, when TensorRT is missing
+    if fp16 and int8:
+        raise UsageError("choose one of --fp16 and --int8 (INT8 engines keep FP16 for the layers that are not quantised)")
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    import tempfile
+
+    from .data import calibration_batches
+    from .model import short_name
+    from .onnx import export_onnx, read_sidecar
+    from .onnx.presets import load_preset
+
+    with tempfile.TemporaryDirectory(prefix="defmamba_engine_") as tmp:
+        if onnx_file is None:
+            onnx_file = export_onnx(model, weights, output=Path(tmp) / "model.onnx").path
+        side = read_sidecar(onnx_file) or {}
+        prof = compute_profile(side, preset=load_preset(preset) if preset else None,
+                               min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape)
+        out = output or Path(f"defmamba_{short_name(side.get('variant', model))}_{precision}.plan")
+        calib = None
+        cache = out.with_suffix(".calib.cache") if precision == "int8" else None
+        if precision == "int8" and calib_images is not None:
+            calib = calibration_batches(calib_images, prof.opt[2:], calib_batch, calib_samples)
+        info = build_engine(onnx_file, out, precision=precision, profile=prof, workspace_gib=workspace,
+                            timing_cache=timing_cache, plugins=plugins, calibration=calib, calibration_cache=cache,
+                            verbose=verbose, progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
+    console.print(f"wrote [bold]{out}[/] ({info.precision}, TensorRT {info.tensorrt_version}, {info.gpu_name} sm_{info.compute_capability})")
+    if info.fp32_layers:
+        console.print(f"kept float32 ({len(info.fp32_layers)}): " + ", ".join(info.fp32_layers[:12])
+                      + (" ..." if len(info.fp32_layers) > 12 else ""), highlight=False)
 
 
 def _write_text(path: Path, text: str) -> None:

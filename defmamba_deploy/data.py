@@ -84,3 +84,26 @@ def sample_images() -> list[Path]:
         return []
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg"]
     return [p for p in (Path(data_dir) / n for n in names) if p.is_file()]
+
+
+def calibration_batches(folder: str | os.PathLike, size: int | Sequence[int], batch_size: int,
+                        samples: int | None = None) -> list[np.ndarray]:
+    """Preprocessed calibration batches (batch_size, 3, H, W) float32 from the images in ``folder``.
+
+    Uses the same preprocessing as inference. ``samples`` caps the number of images; a final
+    incomplete batch is dropped (TensorRT calibrates with a fixed batch size), unless there are
+    fewer images than one batch, which is an error.
+    """
+    if batch_size < 1:
+        raise UsageError(f"calibration batch size must be >= 1, got {batch_size}")
+    if samples is not None and samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {samples}")
+    files = list_images(folder)
+    if samples is not None:
+        files = files[:samples]
+    if len(files) < batch_size:
+        raise UsageError(f"{len(files)} calibration image(s) in {folder}, fewer than one batch of {batch_size}: "
+                         f"add images or lower the calibration batch size")
+    n = len(files) // batch_size * batch_size
+    hw = _size_hw(size)
+    return [np.stack([preprocess(f, hw) for f in files[i : i + batch_size]]) for i in range(0, n, batch_size)]

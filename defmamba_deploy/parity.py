@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import UsageError
 
-BACKENDS = ("torch", "ort", "ort-portable")
+BACKENDS = ("torch", "ort", "ort-portable", "trt")
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3  # float32 through ~20 blocks, re-associated sums; see README
 
 
@@ -119,7 +119,8 @@ def run_parity(
     unsafe_pickle: bool = False,
     onnx: str | os.PathLike | None = None,
     portable_onnx: str | os.PathLike | None = None,
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[str] = ("torch", "ort", "ort-portable"),
+    engine: str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
     samples: int = 2,
     img_size: tuple[int, int] = (224, 224),
@@ -147,6 +148,12 @@ def run_parity(
     if samples < 0:
         raise UsageError(f"--samples must be >= 0, got {samples}")
     check_input_size(*img_size)
+    if "trt" in backends:  # fail fast, before the slow reference run
+        from .runtime.trt_build import require_tensorrt
+
+        require_tensorrt()
+        if engine is None:
+            raise UsageError("--backends trt needs --engine F (build one with defmamba-deploy build-engine)")
     say = progress or (lambda msg: None)
 
     x, names = make_inputs(img_size, samples, images)
@@ -164,6 +171,19 @@ def run_parity(
                 for b in batches:
                     with torch.inference_mode():
                         out = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, b)
+                    report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
+                continue
+            if backend == "trt":
+                from .runtime.trt import TrtRunner
+                from .runtime.trt_build import require_tensorrt
+
+                require_tensorrt()
+                if engine is None:
+                    raise UsageError("--backends trt needs --engine F (build one with defmamba-deploy build-engine)")
+                say(f"running trt: {engine}")
+                trt_runner = TrtRunner(engine)
+                for b in batches:
+                    out = _run_batched(trt_runner, x, b)
                     report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
                 continue
             path = files[backend]
