@@ -256,7 +256,8 @@ def build_engine(
     lib = find_library("trt", plugins)
     major = trt_major(trt.__version__)
     gpu_name, cc = _device_info()
-    if precision == "int8" and calibration is None and not (calibration_cache and Path(calibration_cache).is_file()):
+    if precision == "int8" and calibration is None and not (
+            calibration_cache and (Path(calibration_cache).is_file() or Path(calibration_cache).with_suffix(".ranges.json").is_file())):
         raise UsageError("--int8 needs calibration images (--calib-images DIR) or an existing calibration cache")
 
     registry = trt.get_plugin_registry()
@@ -276,7 +277,8 @@ def build_engine(
             if precision == "fp16":
                 converted, report = prec.convert_fp16(model)
             else:
-                converted, report = prec.quantize_int8_qdq(model, calibration or [], cache=calibration_cache)
+                ranges = Path(calibration_cache).with_suffix(".ranges.json") if calibration_cache else None
+                converted, report = prec.quantize_int8_qdq(model, calibration, cache=ranges)
             fp32_layers = [str(n[0]) for n in getattr(report, "kept_fp32", [])]
             parse_path = Path(tmpdir.name) / f"model_{precision}.onnx"
             import onnx as _onnx
