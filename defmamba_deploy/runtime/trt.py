@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, UsageError
 from .libs import find_library
-from .trt_build import check_engine_compatible, read_engine_sidecar, require_tensorrt, sha256_file
+from .trt_build import check_engine_compatible, load_plugin_library, read_engine_sidecar, require_tensorrt, sha256_file
 
 
 def _cudart():
@@ -70,7 +70,7 @@ class TrtRunner:
 
         _, cc = _device_info()
         check_engine_compatible(self.sidecar, trt.__version__, cc, sha256_file(lib))
-        trt.get_plugin_registry().load_library(str(lib))
+        load_plugin_library(trt, lib)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())

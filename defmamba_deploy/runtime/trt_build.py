@@ -53,6 +53,14 @@ def require_tensorrt():
     return trt
 
 
+def load_plugin_library(trt, lib) -> None:
+    """Register our plugin creators once per process (a second load_library of the same creators fails)."""
+    registry = trt.get_plugin_registry()
+    if registry.get_creator("SelectiveScan", "1", "") is None:
+        if registry.load_library(str(lib)) is None:
+            raise UsageError(f"TensorRT could not load the plugin library {lib}: rebuild it (bash scripts/build_plugins.sh)")
+
+
 def trt_major(version: str) -> int:
     try:
         return int(str(version).split(".")[0])
@@ -260,8 +268,7 @@ def build_engine(
             calibration_cache and (Path(calibration_cache).is_file() or Path(calibration_cache).with_suffix(".ranges.json").is_file())):
         raise UsageError("--int8 needs calibration images (--calib-images DIR) or an existing calibration cache")
 
-    registry = trt.get_plugin_registry()
-    registry.load_library(str(lib))
+    load_plugin_library(trt, lib)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
