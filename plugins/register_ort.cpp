@@ -6,10 +6,22 @@
 // the node's input types. The library is not linked against libonnxruntime: it uses the OrtApi
 // handed over here, and requires ORT_API_VERSION of the headers it was built with (onnxruntime >= 1.29
 // for the headers fetched by scripts/fetch_ort_headers.sh).
+//
+// Built with CUDA (DEFMAMBA_WITH_CUDA, plugins/cuda.cmake), the domain also holds a CUDA execution
+// provider kernel of each op (float32 and float16; TokenSort's float64 stays CPU-only), used when a
+// session runs the node on "CUDAExecutionProvider". Registration makes no CUDA call: the library loads
+// and its CPU ops work on machines without a GPU or driver (the CUDA runtime is linked statically and
+// only initialised by the first kernel launch).
 #include "deform_gather/ort_op.h"
 #include "ort_utils.h"
 #include "selective_scan/ort_op.h"
 #include "token_sort/ort_op.h"
+
+#if defined(DEFMAMBA_WITH_CUDA)
+#include "deform_gather/ort_cuda_op.h"
+#include "selective_scan/ort_cuda_op.h"
+#include "token_sort/ort_cuda_op.h"
+#endif
 
 #include <mutex>
 #include <string>
@@ -37,6 +49,14 @@ struct Registry {
   ort::TokenSortOp<float> sort_f32;
   ort::TokenSortOp<Half> sort_f16;
   ort::TokenSortOp<double> sort_f64;
+#if defined(DEFMAMBA_WITH_CUDA)
+  ort::SelectiveScanCudaOp<float> cuda_scan_f32;
+  ort::SelectiveScanCudaOp<Half> cuda_scan_f16;
+  ort::DeformGatherCudaOp<float> cuda_gather_f32;
+  ort::DeformGatherCudaOp<Half> cuda_gather_f16;
+  ort::TokenSortCudaOp<float> cuda_sort_f32;
+  ort::TokenSortCudaOp<Half> cuda_sort_f16;
+#endif
   Ort::CustomOpDomain domain{kDomain};
 
   Registry() {
@@ -47,6 +67,14 @@ struct Registry {
     domain.Add(&sort_f32);
     domain.Add(&sort_f16);
     domain.Add(&sort_f64);
+#if defined(DEFMAMBA_WITH_CUDA)
+    domain.Add(&cuda_scan_f32);
+    domain.Add(&cuda_scan_f16);
+    domain.Add(&cuda_gather_f32);
+    domain.Add(&cuda_gather_f16);
+    domain.Add(&cuda_sort_f32);
+    domain.Add(&cuda_sort_f16);
+#endif
   }
 };
 

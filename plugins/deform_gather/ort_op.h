@@ -6,6 +6,14 @@
 namespace defmamba {
 namespace ort {
 
+// The validated inputs of a DeformGather node (shared by the CPU op and the CUDA-EP op in
+// ort_cuda_op.cpp). Throws (message "DeformGather: ...") on a wrong dtype or shape.
+struct DeformGatherArgs {
+  Input x, offset, table;
+  int64_t batch, channels, height, width, offset_channels, table_h, table_w;
+};
+DeformGatherArgs read_deform_gather_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type);
+
 template <typename T>
 struct DeformGatherKernel : CpuKernel<DeformGatherKernel<T>> {
   static constexpr const char* kName = "DeformGather";

@@ -13,46 +13,55 @@ SelectiveScanOp<T>::SelectiveScanOp()
            ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
           {ElemType<T>::value}) {}
 
-template <typename T>
-SelectiveScanKernel<T>::SelectiveScanKernel(const OrtApi& api, const OrtKernelInfo* info) {
-  const int64_t v = int_attribute(api, info, kName, "delta_softplus", 1);
+bool read_delta_softplus(const OrtApi& api, const OrtKernelInfo* info) {
+  const char* op = "SelectiveScan";
+  const int64_t v = int_attribute(api, info, op, "delta_softplus", 1);
   if (v != 0 && v != 1)
-    fail(kName, "attribute 'delta_softplus' must be 0 or 1, got " + std::to_string(v));
-  delta_softplus_ = v != 0;
+    fail(op, "attribute 'delta_softplus' must be 0 or 1, got " + std::to_string(v));
+  return v != 0;
 }
 
-template <typename T>
-void SelectiveScanKernel<T>::Compute(Ort::KernelContext& ctx) {
-  const char* op = kName;
-  const Input u = get_input(ctx, 0, op, "u");
-  const Input delta = get_input(ctx, 1, op, "delta");
-  const Input A = get_input(ctx, 2, op, "A");
-  const Input B = get_input(ctx, 3, op, "B");
-  const Input C = get_input(ctx, 4, op, "C");
-  const Input D = get_input(ctx, 5, op, "D");
-  const Input delta_bias = get_input(ctx, 6, op, "delta_bias");
-  for (const Input* in : {&u, &delta, &B, &C}) expect_type(op, *in, ElemType<T>::value);
-  for (const Input* in : {&A, &D, &delta_bias}) expect_type(op, *in, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+SelectiveScanArgs read_selective_scan_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type) {
+  const char* op = "SelectiveScan";
+  SelectiveScanArgs a{get_input(ctx, 0, op, "u"), get_input(ctx, 1, op, "delta"), get_input(ctx, 2, op, "A"),
+                      get_input(ctx, 3, op, "B"), get_input(ctx, 4, op, "C"),     get_input(ctx, 5, op, "D"),
+                      get_input(ctx, 6, op, "delta_bias"), 0, 0, 0, 0, 0};
+  for (const Input* in : {&a.u, &a.delta, &a.B, &a.C}) expect_type(op, *in, io_type);
+  for (const Input* in : {&a.A, &a.D, &a.delta_bias}) expect_type(op, *in, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
 
-  expect_shape(op, u, any_dims(3), "(Bt, Ch, L)");
-  const int64_t Bt = u.shape[0], Ch = u.shape[1], L = u.shape[2];
-  expect_shape(op, delta, u.shape, "(Bt, Ch, L)", "like 'u'");
-  expect_shape(op, B, {Bt, -1, -1, L}, "(Bt, G, N, L)", "(Bt, L from 'u')");
-  const int64_t G = B.shape[1], N = B.shape[2];
-  if (G < 1) fail(op, "input 'B' must have G >= 1 groups (dim 1), got shape " + dims_str(B.shape));
+  expect_shape(op, a.u, any_dims(3), "(Bt, Ch, L)");
+  const int64_t Bt = a.u.shape[0], Ch = a.u.shape[1], L = a.u.shape[2];
+  expect_shape(op, a.delta, a.u.shape, "(Bt, Ch, L)", "like 'u'");
+  expect_shape(op, a.B, {Bt, -1, -1, L}, "(Bt, G, N, L)", "(Bt, L from 'u')");
+  const int64_t G = a.B.shape[1], N = a.B.shape[2];
+  if (G < 1) fail(op, "input 'B' must have G >= 1 groups (dim 1), got shape " + dims_str(a.B.shape));
   if (Ch % G != 0)
     fail(op, "Ch = " + std::to_string(Ch) + " (dim 1 of 'u') must be divisible by G = " + std::to_string(G) +
                  " (dim 1 of 'B'); channel c uses group c / (Ch / G)");
-  expect_shape(op, C, B.shape, "(Bt, G, N, L)", "like 'B'");
-  expect_shape(op, A, {Ch, N}, "(Ch, N)", "(Ch from 'u', N from 'B')");
-  expect_shape(op, D, {Ch}, "(Ch,)");
-  expect_shape(op, delta_bias, {Ch}, "(Ch,)");
+  expect_shape(op, a.C, a.B.shape, "(Bt, G, N, L)", "like 'B'");
+  expect_shape(op, a.A, {Ch, N}, "(Ch, N)", "(Ch from 'u', N from 'B')");
+  expect_shape(op, a.D, {Ch}, "(Ch,)");
+  expect_shape(op, a.delta_bias, {Ch}, "(Ch,)");
+  a.batch = Bt;
+  a.channels = Ch;
+  a.groups = G;
+  a.state = N;
+  a.length = L;
+  return a;
+}
 
-  Ort::UnownedValue y = ctx.GetOutput(0, u.shape);
-  if (Bt == 0 || Ch == 0 || L == 0) return;
-  const SelectiveScanShape s{Bt, Ch, G, N, L};
-  selective_scan_cpu<T>(s, u.as<T>(), delta.as<T>(), A.as<float>(), B.as<T>(), C.as<T>(), D.as<float>(),
-                        delta_bias.as<float>(), delta_softplus_, static_cast<T*>(y.GetTensorMutableRawData()),
+template <typename T>
+SelectiveScanKernel<T>::SelectiveScanKernel(const OrtApi& api, const OrtKernelInfo* info)
+    : delta_softplus_(read_delta_softplus(api, info)) {}
+
+template <typename T>
+void SelectiveScanKernel<T>::Compute(Ort::KernelContext& ctx) {
+  const SelectiveScanArgs a = read_selective_scan_args(ctx, ElemType<T>::value);
+  Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
+  if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
+  const SelectiveScanShape s{a.batch, a.channels, a.groups, a.state, a.length};
+  selective_scan_cpu<T>(s, a.u.as<T>(), a.delta.as<T>(), a.A.as<float>(), a.B.as<T>(), a.C.as<T>(), a.D.as<float>(),
+                        a.delta_bias.as<float>(), delta_softplus_, static_cast<T*>(y.GetTensorMutableRawData()),
                         make_parallel(ctx));
 }
 

@@ -6,6 +6,17 @@
 namespace defmamba {
 namespace ort {
 
+// The validated inputs of a SelectiveScan node (shared by the CPU op and the CUDA-EP op in
+// ort_cuda_op.cpp). Throws (message "SelectiveScan: ...") on a wrong dtype or shape.
+struct SelectiveScanArgs {
+  Input u, delta, A, B, C, D, delta_bias;
+  int64_t batch, channels, groups, state, length;  // Bt, Ch, G, N, L
+};
+SelectiveScanArgs read_selective_scan_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type);
+
+// The delta_softplus attribute (0 or 1, default 1); throws on another value or type.
+bool read_delta_softplus(const OrtApi& api, const OrtKernelInfo* info);
+
 // Kernel for I/O type T (float or Half); A, D and delta_bias are always float32.
 template <typename T>
 struct SelectiveScanKernel : CpuKernel<SelectiveScanKernel<T>> {

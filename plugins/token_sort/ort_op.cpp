@@ -13,20 +13,27 @@ TokenSortOp<T>::TokenSortOp()
     : CpuOp<TokenSortOp<T>, TokenSortKernel<T>>({ElemType<T>::value},
                                                 {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}) {}
 
+TokenSortArgs read_token_sort_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type) {
+  const char* op = "TokenSort";
+  TokenSortArgs a{get_input(ctx, 0, op, "token_offset"), 0, 0};
+  expect_type(op, a.token_offset, io_type);
+  expect_shape(op, a.token_offset, any_dims(2), "(Bt, L)");
+  a.batch = a.token_offset.shape[0];
+  a.length = a.token_offset.shape[1];
+  if (a.length > std::numeric_limits<int32_t>::max())
+    fail(op, "input 'token_offset' has L = " + std::to_string(a.length) +
+                 ", more than 2^31-1 tokens are not supported");
+  return a;
+}
+
 template <typename T>
 void TokenSortKernel<T>::Compute(Ort::KernelContext& ctx) {
-  const char* op = kName;
-  const Input in = get_input(ctx, 0, op, "token_offset");
-  expect_type(op, in, ElemType<T>::value);
-  expect_shape(op, in, any_dims(2), "(Bt, L)");
-  const int64_t Bt = in.shape[0], L = in.shape[1];
-  if (L > std::numeric_limits<int32_t>::max())
-    fail(op, "input 'token_offset' has L = " + std::to_string(L) + ", more than 2^31-1 tokens are not supported");
-  Ort::UnownedValue perm = ctx.GetOutput(0, in.shape);
-  Ort::UnownedValue inv = ctx.GetOutput(1, in.shape);
-  if (Bt == 0 || L == 0) return;
-  token_sort_cpu<T>(Bt, L, in.as<T>(), perm.GetTensorMutableData<int64_t>(), inv.GetTensorMutableData<int64_t>(),
-                    make_parallel(ctx));
+  const TokenSortArgs a = read_token_sort_args(ctx, ElemType<T>::value);
+  Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
+  Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
+  if (a.batch == 0 || a.length == 0) return;
+  token_sort_cpu<T>(a.batch, a.length, a.token_offset.as<T>(), perm.GetTensorMutableData<int64_t>(),
+                    inv.GetTensorMutableData<int64_t>(), make_parallel(ctx));
 }
 
 template struct TokenSortKernel<float>;

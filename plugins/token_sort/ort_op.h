@@ -6,6 +6,14 @@
 namespace defmamba {
 namespace ort {
 
+// The validated input of a TokenSort node (shared by the CPU op and the CUDA-EP op in
+// ort_cuda_op.cpp). Throws (message "TokenSort: ...") on a wrong dtype or shape.
+struct TokenSortArgs {
+  Input token_offset;
+  int64_t batch, length;
+};
+TokenSortArgs read_token_sort_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type);
+
 template <typename T>
 struct TokenSortKernel : CpuKernel<TokenSortKernel<T>> {
   static constexpr const char* kName = "TokenSort";

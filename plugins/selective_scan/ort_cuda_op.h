@@ -1,0 +1,34 @@
+// SelectiveScan as an ONNX Runtime custom op for the CUDA execution provider (domain "defmamba").
+// Same inputs, attribute, validation and messages as the CPU op (ort_op.h); the kernel is
+// launchSelectiveScan (kernel.h) on ORT's compute stream. Built only with DEFMAMBA_WITH_CUDA.
+#pragma once
+
+#include "ort_op.h"
+
+namespace defmamba {
+namespace ort {
+
+template <typename T>
+struct SelectiveScanCudaKernel : CpuKernel<SelectiveScanCudaKernel<T>> {
+  static constexpr const char* kName = "SelectiveScan";
+  SelectiveScanCudaKernel(const OrtApi& api, const OrtKernelInfo* info);
+  void Compute(Ort::KernelContext& ctx);
+
+ private:
+  bool delta_softplus_ = true;
+};
+
+// Inputs and outputs in CUDA device memory (OrtMemTypeDefault of the CUDA EP). T = float or Half.
+template <typename T>
+struct SelectiveScanCudaOp : CpuOp<SelectiveScanCudaOp<T>, SelectiveScanCudaKernel<T>> {
+  static constexpr const char* kName = "SelectiveScan";
+  SelectiveScanCudaOp();
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 3, {0}); }
+};
+
+extern template struct SelectiveScanCudaOp<float>;
+extern template struct SelectiveScanCudaOp<Half>;
+
+}  // namespace ort
+}  // namespace defmamba

@@ -1,0 +1,111 @@
+// TokenSort CUDA-EP op: validation shared with the CPU op, output allocation, workspace from ONNX
+// Runtime's allocator for the input's device (stream-ordered when ORT provides AllocOnStream), kernel
+// launch on ORT's compute stream. No cudaMalloc, no synchronisation, no host copies.
+#include "ort_cuda_op.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "token_sort/kernel.h"
+
+namespace defmamba {
+namespace ort {
+namespace {
+
+template <typename T>
+struct DeviceType {
+  using type = float;
+};
+template <>
+struct DeviceType<Half> {
+  using type = __half;
+};
+static_assert(sizeof(Half) == sizeof(__half), "Half and __half must share a layout");
+
+[[noreturn]] void cuda_fail(const char* op, const char* what, cudaError_t err) {
+  throw Ort::Exception(std::string(op) + ": " + what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) +
+                           ")",
+                       ORT_RUNTIME_EXCEPTION);
+}
+
+// A block of device memory from an ORT allocator, returned to it when this goes out of scope. The
+// block is released right after the asynchronous launch: ORT's CUDA allocators hand memory out in
+// stream order (AllocOnStream ties the block to the kernel's stream; without it the block is reused
+// by later work on the same compute stream only).
+class Workspace {
+ public:
+  Workspace(OrtAllocator* allocator, size_t bytes, OrtSyncStream* stream) : allocator_(allocator) {
+    constexpr uint32_t kAllocOnStreamVersion = 23;  // OrtAllocator::AllocOnStream appeared in API 23
+    if (bytes == 0) return;
+    if (stream != nullptr && allocator->version >= kAllocOnStreamVersion && allocator->AllocOnStream != nullptr)
+      ptr_ = allocator->AllocOnStream(allocator, bytes, stream);
+    else
+      ptr_ = allocator->Alloc(allocator, bytes);
+  }
+  ~Workspace() {
+    if (ptr_ != nullptr) allocator_->Free(allocator_, ptr_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  OrtAllocator* allocator_;
+  void* ptr_ = nullptr;
+};
+
+}  // namespace
+
+template <typename T>
+TokenSortCudaOp<T>::TokenSortCudaOp()
+    : CpuOp<TokenSortCudaOp<T>, TokenSortCudaKernel<T>>(
+          {ElemType<T>::value}, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}) {}
+
+template <typename T>
+void TokenSortCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
+  const char* op = kName;
+  const TokenSortArgs a = read_token_sort_args(ctx, ElemType<T>::value);
+  if (a.batch * a.length > 2147483647)
+    fail(op, "the CUDA kernel sorts at most 2^31-1 tokens per call (Bt * L), got " + std::to_string(a.batch) +
+                 " x " + std::to_string(a.length));
+  Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
+  Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
+  if (a.batch == 0 || a.length == 0) return;
+
+  size_t bytes = 0;
+  cudaError_t err = tokenSortWorkspaceSize(a.batch, a.length, &bytes);
+  if (err != cudaSuccess) cuda_fail(op, "workspace size query failed", err);
+  Ort::ConstValue input = ctx.GetInput(0);
+  Ort::ConstMemoryInfo device_info = input.GetTensorMemoryInfo();
+  Ort::Allocator allocator = ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(device_info));
+  OrtSyncStream* sync_stream = nullptr;
+  if (bytes != 0) {
+    try {
+      sync_stream = ctx.GetSyncStream();
+    } catch (const Ort::Exception&) {
+      sync_stream = nullptr;  // plain Alloc below
+    }
+  }
+  Workspace workspace(allocator, bytes, sync_stream);
+  if (bytes != 0 && workspace.get() == nullptr)
+    throw Ort::Exception(std::string(op) + ": could not allocate " + std::to_string(bytes) +
+                             " bytes of device workspace",
+                         ORT_FAIL);
+
+  using D = typename DeviceType<T>::type;
+  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+  err = launchTokenSort<D, int64_t>(static_cast<const D*>(a.token_offset.data), perm.GetTensorMutableData<int64_t>(),
+                                    inv.GetTensorMutableData<int64_t>(), a.batch, a.length, workspace.get(), bytes,
+                                    stream);
+  if (err != cudaSuccess) cuda_fail(op, "CUDA kernel launch failed", err);
+}
+
+template struct TokenSortCudaKernel<float>;
+template struct TokenSortCudaKernel<Half>;
+template struct TokenSortCudaOp<float>;
+template struct TokenSortCudaOp<Half>;
+
+}  // namespace ort
+}  // namespace defmamba
