@@ -43,6 +43,7 @@ target_link_libraries(defmamba_cuda_kernels PUBLIC CUDA::cudart_static)
 # ---- ORT CUDA execution-provider ops -----------------------------------------------------------------------
 if(DEFMAMBA_BUILD_ORT AND TARGET defmamba_ort_ops)
   target_sources(defmamba_ort_ops PRIVATE
+    ${_dm_dir}/common/ort_cuda_utils.h
     ${_dm_dir}/selective_scan/ort_cuda_op.cpp ${_dm_dir}/selective_scan/ort_cuda_op.h
     ${_dm_dir}/deform_gather/ort_cuda_op.cpp ${_dm_dir}/deform_gather/ort_cuda_op.h
     ${_dm_dir}/token_sort/ort_cuda_op.cpp ${_dm_dir}/token_sort/ort_cuda_op.h)

@@ -108,7 +108,7 @@ if(DEFMAMBA_TRT_BUILT)
   set(DEFMAMBA_TRT_INCLUDE_DIRS "${_dm_trt_inc}" ${CUDAToolkit_INCLUDE_DIRS})
   add_library(defmamba_trt_plugins SHARED
     register_trt.cpp
-    common/trt_utils.h
+    common/trt_utils.h common/trt_plugin_base.h
     selective_scan/trt_plugin.cpp selective_scan/trt_plugin.h
     deform_gather/trt_plugin.cpp deform_gather/trt_plugin.h
     token_sort/trt_plugin.cpp token_sort/trt_plugin.h)

@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -196,8 +195,9 @@ inline nvinfer1::PluginField const* findField(nvinfer1::PluginFieldCollection co
   return nullptr;
 }
 
-// Every field must be one of `known` (the names the creator advertises), each at most once.
-inline void checkFieldNames(nvinfer1::PluginFieldCollection const* fc, std::initializer_list<char const*> known) {
+// Every field must be one of `known` (the fields the creator advertises), each at most once.
+inline void checkFieldNames(nvinfer1::PluginFieldCollection const* fc,
+                            std::vector<nvinfer1::PluginField> const& known) {
   if (fc == nullptr) return;
   if (fc->nbFields < 0 || (fc->nbFields > 0 && fc->fields == nullptr)) {
     (Message() << "invalid PluginFieldCollection (nbFields " << fc->nbFields << ", fields "
@@ -207,13 +207,13 @@ inline void checkFieldNames(nvinfer1::PluginFieldCollection const* fc, std::init
     char const* name = fc->fields[i].name;
     if (name == nullptr) (Message() << "plugin field " << i << " has no name").raise();
     bool isKnown = false;
-    for (char const* k : known) isKnown = isKnown || std::strcmp(k, name) == 0;
+    for (nvinfer1::PluginField const& k : known) isKnown = isKnown || std::strcmp(k.name, name) == 0;
     if (!isKnown) {
       Message m;
       m << "unknown plugin field '" << name << "' (expected ";
-      if (known.size() == 0) m << "no fields";
+      if (known.empty()) m << "no fields";
       int32_t j = 0;
-      for (char const* k : known) m << (j++ ? ", " : "") << "'" << k << "'";
+      for (nvinfer1::PluginField const& k : known) m << (j++ ? ", " : "") << "'" << k.name << "'";
       (m << ")").raise();
     }
     for (int32_t j = 0; j < i; ++j) {
@@ -254,6 +254,7 @@ class FieldList {
   FieldList& operator=(FieldList const&) = delete;
 
   void clear() { mFields.clear(); }
+  std::vector<nvinfer1::PluginField> const& fields() const { return mFields; }
   void add(char const* name, void const* data, nvinfer1::PluginFieldType type, int32_t length) {
     mFields.emplace_back(name, data, type, length);
   }

@@ -3,6 +3,7 @@
 // (kernel.h) on ORT's compute stream. Built only with DEFMAMBA_WITH_CUDA.
 #pragma once
 
+#include "ort_cuda_utils.h"
 #include "ort_op.h"
 
 namespace defmamba {
@@ -17,10 +18,9 @@ struct DeformGatherCudaKernel : CpuKernel<DeformGatherCudaKernel<T>> {
 
 // Inputs x, offset, rpe_table and output feat in CUDA device memory. T = float or Half.
 template <typename T>
-struct DeformGatherCudaOp : CpuOp<DeformGatherCudaOp<T>, DeformGatherCudaKernel<T>> {
+struct DeformGatherCudaOp : CudaOp<DeformGatherCudaOp<T>, DeformGatherCudaKernel<T>> {
   static constexpr const char* kName = "DeformGather";
   DeformGatherCudaOp();
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 4, {0}); }
 };
 

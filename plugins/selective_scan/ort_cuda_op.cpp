@@ -2,32 +2,17 @@
 // compute stream that ONNX Runtime hands over (no synchronisation, no host copies).
 #include "ort_cuda_op.h"
 
-#include <cuda_fp16.h>
-#include <cuda_runtime_api.h>
-
 #include <string>
 
+#include "ort_cuda_utils.h"
 #include "selective_scan/kernel.h"
 
 namespace defmamba {
 namespace ort {
-namespace {
-
-template <typename T>
-struct DeviceType {
-  using type = float;
-};
-template <>
-struct DeviceType<Half> {
-  using type = __half;
-};
-static_assert(sizeof(Half) == sizeof(__half), "Half and __half must share a layout");
-
-}  // namespace
 
 template <typename T>
 SelectiveScanCudaOp<T>::SelectiveScanCudaOp()
-    : CpuOp<SelectiveScanCudaOp<T>, SelectiveScanCudaKernel<T>>(
+    : CudaOp<SelectiveScanCudaOp<T>, SelectiveScanCudaKernel<T>>(
           {ElemType<T>::value, ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ElemType<T>::value,
            ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
           {ElemType<T>::value}) {}
@@ -45,16 +30,11 @@ void SelectiveScanCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
   Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
   if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
   using D = typename DeviceType<T>::type;
-  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-  const cudaError_t err = launchSelectiveScan<D>(
-      static_cast<const D*>(a.u.data), static_cast<const D*>(a.delta.data), a.A.as<float>(),
-      static_cast<const D*>(a.B.data), static_cast<const D*>(a.C.data), a.D.as<float>(), a.delta_bias.as<float>(),
-      static_cast<D*>(y.GetTensorMutableRawData()), a.batch, a.channels, a.groups, a.state, a.length, delta_softplus_,
-      stream);
-  if (err != cudaSuccess)
-    throw Ort::Exception(std::string(op) + ": CUDA kernel launch failed: " + cudaGetErrorName(err) + " (" +
-                             cudaGetErrorString(err) + ")",
-                         ORT_RUNTIME_EXCEPTION);
+  check_launch(op, launchSelectiveScan<D>(
+                       static_cast<const D*>(a.u.data), static_cast<const D*>(a.delta.data), a.A.as<float>(),
+                       static_cast<const D*>(a.B.data), static_cast<const D*>(a.C.data), a.D.as<float>(),
+                       a.delta_bias.as<float>(), static_cast<D*>(y.GetTensorMutableRawData()), a.batch, a.channels,
+                       a.groups, a.state, a.length, delta_softplus_, compute_stream(ctx)));
 }
 
 template struct SelectiveScanCudaKernel<float>;

@@ -3,6 +3,7 @@
 // launchSelectiveScan (kernel.h) on ORT's compute stream. Built only with DEFMAMBA_WITH_CUDA.
 #pragma once
 
+#include "ort_cuda_utils.h"
 #include "ort_op.h"
 
 namespace defmamba {
@@ -20,10 +21,9 @@ struct SelectiveScanCudaKernel : CpuKernel<SelectiveScanCudaKernel<T>> {
 
 // Inputs and outputs in CUDA device memory (OrtMemTypeDefault of the CUDA EP). T = float or Half.
 template <typename T>
-struct SelectiveScanCudaOp : CpuOp<SelectiveScanCudaOp<T>, SelectiveScanCudaKernel<T>> {
+struct SelectiveScanCudaOp : CudaOp<SelectiveScanCudaOp<T>, SelectiveScanCudaKernel<T>> {
   static constexpr const char* kName = "SelectiveScan";
   SelectiveScanCudaOp();
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 3, {0}); }
 };
 

@@ -3,32 +3,14 @@
 // launch on ORT's compute stream. No cudaMalloc, no synchronisation, no host copies.
 #include "ort_cuda_op.h"
 
-#include <cuda_fp16.h>
-#include <cuda_runtime_api.h>
-
 #include <string>
 
+#include "ort_cuda_utils.h"
 #include "token_sort/kernel.h"
 
 namespace defmamba {
 namespace ort {
 namespace {
-
-template <typename T>
-struct DeviceType {
-  using type = float;
-};
-template <>
-struct DeviceType<Half> {
-  using type = __half;
-};
-static_assert(sizeof(Half) == sizeof(__half), "Half and __half must share a layout");
-
-[[noreturn]] void cuda_fail(const char* op, const char* what, cudaError_t err) {
-  throw Ort::Exception(std::string(op) + ": " + what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) +
-                           ")",
-                       ORT_RUNTIME_EXCEPTION);
-}
 
 // A block of device memory from an ORT allocator, returned to it when this goes out of scope. The
 // block is released right after the asynchronous launch: ORT's CUDA allocators hand memory out in
@@ -60,7 +42,7 @@ class Workspace {
 
 template <typename T>
 TokenSortCudaOp<T>::TokenSortCudaOp()
-    : CpuOp<TokenSortCudaOp<T>, TokenSortCudaKernel<T>>(
+    : CudaOp<TokenSortCudaOp<T>, TokenSortCudaKernel<T>>(
           {ElemType<T>::value}, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}) {}
 
 template <typename T>
@@ -75,7 +57,7 @@ void TokenSortCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
   if (a.batch == 0 || a.length == 0) return;
 
   size_t bytes = 0;
-  cudaError_t err = tokenSortWorkspaceSize(a.batch, a.length, &bytes);
+  const cudaError_t err = tokenSortWorkspaceSize(a.batch, a.length, &bytes);
   if (err != cudaSuccess) cuda_fail(op, "workspace size query failed", err);
   Ort::ConstValue input = ctx.GetInput(0);
   Ort::ConstMemoryInfo device_info = input.GetTensorMemoryInfo();
@@ -95,11 +77,10 @@ void TokenSortCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
                          ORT_FAIL);
 
   using D = typename DeviceType<T>::type;
-  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-  err = launchTokenSort<D, int64_t>(static_cast<const D*>(a.token_offset.data), perm.GetTensorMutableData<int64_t>(),
-                                    inv.GetTensorMutableData<int64_t>(), a.batch, a.length, workspace.get(), bytes,
-                                    stream);
-  if (err != cudaSuccess) cuda_fail(op, "CUDA kernel launch failed", err);
+  check_launch(op, launchTokenSort<D, int64_t>(static_cast<const D*>(a.token_offset.data),
+                                               perm.GetTensorMutableData<int64_t>(),
+                                               inv.GetTensorMutableData<int64_t>(), a.batch, a.length,
+                                               workspace.get(), bytes, compute_stream(ctx)));
 }
 
 template struct TokenSortCudaKernel<float>;

@@ -5,6 +5,7 @@
 // DEFMAMBA_WITH_CUDA.
 #pragma once
 
+#include "ort_cuda_utils.h"
 #include "ort_op.h"
 
 namespace defmamba {
@@ -19,10 +20,9 @@ struct TokenSortCudaKernel : CpuKernel<TokenSortCudaKernel<T>> {
 
 // Input token_offset and outputs perm, inv_perm (int64) in CUDA device memory. T = float or Half.
 template <typename T>
-struct TokenSortCudaOp : CpuOp<TokenSortCudaOp<T>, TokenSortCudaKernel<T>> {
+struct TokenSortCudaOp : CudaOp<TokenSortCudaOp<T>, TokenSortCudaKernel<T>> {
   static constexpr const char* kName = "TokenSort";
   TokenSortCudaOp();
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 2, {0, 1}); }
 };
 
