@@ -1,21 +1,41 @@
 // SelectiveScan CPU kernel (see cpu_kernel.h and README.md).
 //
-// Work layout, per batch b:
-//   1. B[b] and C[b] (G, N, L) are converted to float and transposed to (G, L, N) once, so that the N
-//      values B[:, t] of a time step are contiguous; they are shared by the Ch/G channels of a group.
-//   2. Channels are split into tasks (Parallel::for_each). Per channel:
-//      a. prepass over t (vectorised): dt = softplus(delta + bias), dt*u, u in float32;
-//      b. time loop in chunks of kChunk steps: first exp(dt[t] * A[c, n]) for the whole chunk in one
-//         flat vectorised loop (the dominant cost), then the recurrence with the state h[16] held in
-//         SIMD registers (N == 16; other N use a scalar loop) and y[t] = sum_n C[t, n] h[n] + D u[t].
+// Work layout: the kernel vectorises across channels, not states. A block of W channels of one
+// group (W = the SIMD width: 16 AVX-512, 8 AVX2, 4 SSE2/NEON, 1 without vector extensions) runs in
+// the W lanes, so B[n, t] and C[n, t] (shared by the group) are scalars broadcast to all lanes, y[t]
+// accumulates lane-wise (no horizontal sum) and the N states are N independent dependency chains per
+// time step. Per batch b:
+//   1. B[b], C[b] (G, N, L) are converted to float and transposed to (G, L, N) once, so that the N
+//      values of a time step are contiguous (one cache line for N = 16); shared by a group's blocks.
+//   2. The (group, block of W channels) pairs are split into tasks (Parallel::for_each). Per block,
+//      the time axis runs in chunks of kChunk steps:
+//      a. u and delta of the W channels are transposed to (kChunk, W) float with in-register W x W
+//         transposes (float I/O and whole tiles: straight from the tensors; otherwise through a
+//         converted, zero-padded (W, kChunk) staging buffer: float16, a partial block or chunk);
+//      b. prepass, lane-wise: dt = softplus(delta + bias), dt * u;
+//      c. recurrence, t outer and n inner: h[n] = exp(dt * A[:, n]) * h[n] + (dt u) * B[n, t],
+//         acc += C[n, t] * h[n]; y = acc + D u. For N == 16 the 16 state vectors live in registers,
+//         other N keep them in a small L1 buffer. The next chunk's rows (or the next block's first
+//         chunk) are prefetched a few lines per time step;
+//      d. y (kChunk, W) is transposed back and stored (rounded once to T).
 //
-// SIMD and ISA dispatch (x86-64, GCC/Clang): the per-channel code is a template over the vector
-// width W (GCC vector extensions) and is instantiated three times: W = 4 with the build's flags
-// (portable SSE2 by default), W = 8 with target("avx2,fma") and W = 16 with target("avx512f,...").
-// The widest variant the CPU supports is picked once at run time (__builtin_cpu_supports). With
-// DEFMAMBA_NATIVE (-march=native) or on other architectures only the build's own variant exists.
-// All variants evaluate the same float32 formulas; they may differ in the last bits (FMA
-// contraction, summation order of the 16-term dot product).
+// SIMD and ISA dispatch (x86-64, GCC/Clang): the code is templated over the width W (GCC vector
+// extensions) and instantiated three times: W = 4 with the build's flags (portable SSE2 by default),
+// W = 8 with target("avx2,fma") and W = 16 with target("avx512f,..."); the prepass and the
+// recurrence of each variant are compiled as separate functions (Stages*). The widest variant the
+// CPU supports is picked once at run time (__builtin_cpu_supports). With DEFMAMBA_NATIVE
+// (-march=native) or on other architectures only the build's own variant exists.
+//
+// Arithmetic: every variant evaluates, lane by lane, the float32 algorithms of defmamba_math.h
+// (softplus_f32 for dt, exp_f32 for exp(dt * A)) with the same operations in the same order. y adds
+// D u last to sum_n C h: for N == 16 as four partial sums (n mod 4) added pairwise, for other N in
+// order n = 0..N-1. With GCC on x86 the exp clamps use (v)maxps / (v)minps, which return exactly
+// what the ternaries of exp_f32 return (NaN included), and the AVX-512 variant applies exp's power
+// of two with one vscalefps: exp_f32's (e * 2^n1) * 2^n2 has an exact first product, so both round
+// once, identically (subnormal results, overflow and NaN included); exp(dt * A) is bit-identical in
+// every variant. The variants may differ in the last bit where the compiler contracts a * b + c into
+// an FMA differently (SSE2 has none; softplus_f32 inlined into scalar code can fuse exp's last
+// product into log1p's first sum).
 #include "cpu_kernel.h"
 
 #include <cstdlib>
@@ -23,6 +43,11 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(DEFMAMBA_NO_ISA_DISPATCH)
 #define DM_SCAN_X86_DISPATCH 1
@@ -30,10 +55,14 @@
 
 #if defined(__GNUC__)
 #define DM_ALWAYS_INLINE inline __attribute__((always_inline))
+#define DM_NOINLINE __attribute__((noinline))
 #define DM_RESTRICT __restrict__
+#define DM_UNROLL_16 _Pragma("GCC unroll 16")
 #else
 #define DM_ALWAYS_INLINE inline
+#define DM_NOINLINE
 #define DM_RESTRICT
+#define DM_UNROLL_16
 #endif
 
 namespace defmamba {
@@ -41,112 +70,61 @@ namespace {
 
 namespace dm = math;
 
-constexpr int64_t kTransposeBlock = 512;  // time steps per transpose task
-constexpr double kTaskGrain = 1 << 18;    // ~ L*N state updates per channel task
-constexpr int64_t kChunk = 64;            // time steps per exp chunk (2 * 64 * 16 floats in L1)
-constexpr int kNS = 16;                   // the specialised state size
+constexpr int64_t kTransposeBlock = 512;  // time steps per B/C transpose task
+constexpr double kTaskGrain = 1 << 18;    // ~ state updates per task
+constexpr int64_t kChunk = 64;            // time steps per chunk (a multiple of every W); 24 KB buffers at W=16
+constexpr int kNS = 16;                   // the state size with the states held in registers
+constexpr int kMaxPrefetch = 3 * 16 * 4;  // cache lines prefetched per chunk: 3 tensors x 16 rows x 4
 
-template <typename T>
-void transpose_block(const T* src /* (N, L) */, float* dst /* (L, N) */, int64_t n_state, int64_t length,
-                     int64_t t0, int64_t t1) {
-  for (int64_t n = 0; n < n_state; ++n) {
-    const T* s = src + n * length;
-    float* d = dst + n;
-    for (int64_t t = t0; t < t1; ++t) d[t * n_state] = dm::to_f32(s[t]);
-  }
-}
-
-// Per-channel prepass: dt, dt*u and u in float32 (vectorised over t).
-template <typename T>
-DM_ALWAYS_INLINE void channel_prepass(int64_t length, const T* DM_RESTRICT u, const T* DM_RESTRICT delta,
-                                      float bias, bool softplus, float* DM_RESTRICT dt, float* DM_RESTRICT dtu,
-                                      float* DM_RESTRICT uf) {
-  if (softplus) {
-    for (int64_t t = 0; t < length; ++t) {
-      const float uv = dm::to_f32(u[t]);
-      const float d = dm::softplus_f32(dm::to_f32(delta[t]) + bias);
-      dt[t] = d;
-      dtu[t] = d * uv;
-      uf[t] = uv;
-    }
-  } else {
-    for (int64_t t = 0; t < length; ++t) {
-      const float uv = dm::to_f32(u[t]);
-      const float d = dm::to_f32(delta[t]) + bias;
-      dt[t] = d;
-      dtu[t] = d * uv;
-      uf[t] = uv;
-    }
-  }
-}
-
-// exp(dt[t] * a[n]) for a chunk of time steps, (tn, 16) row-major: one flat vectorised loop.
-DM_ALWAYS_INLINE void chunk_decay(int64_t tn, const float* DM_RESTRICT dt, const float* DM_RESTRICT a,
-                                  float* DM_RESTRICT da) {
-  for (int64_t t = 0; t < tn; ++t)
-    for (int n = 0; n < kNS; ++n) da[t * kNS + n] = dm::exp_f32(dt[t] * a[n]);
-}
-
-// Scalar recurrence for any state size (also the fallback without vector extensions).
-DM_ALWAYS_INLINE void scan_generic(int64_t length, int64_t n_state, const float* DM_RESTRICT dt,
-                                   const float* DM_RESTRICT dtu, const float* DM_RESTRICT uf,
-                                   const float* DM_RESTRICT a, float d_skip, const float* DM_RESTRICT bt,
-                                   const float* DM_RESTRICT ct, float* DM_RESTRICT out, float* DM_RESTRICT h) {
-  for (int64_t n = 0; n < n_state; ++n) h[n] = 0.0f;
-  for (int64_t t = 0; t < length; ++t) {
-    const float d = dt[t], du = dtu[t];
-    const float* b = bt + t * n_state;
-    const float* c = ct + t * n_state;
-    float acc = 0.0f;
-    for (int64_t n = 0; n < n_state; ++n) {
-      h[n] = dm::exp_f32(d * a[n]) * h[n] + du * b[n];
-      acc += c[n] * h[n];
-    }
-    out[t] = acc + d_skip * uf[t];
-  }
-}
-
-#if defined(__GNUC__)
-// GCC/Clang vector extensions; the widths are fixed typedefs (a vector_size depending on a template
-// parameter is not reliably supported).
-typedef float VecF4 __attribute__((vector_size(16)));
-typedef float VecF8 __attribute__((vector_size(32)));
-typedef float VecF16 __attribute__((vector_size(64)));
-
-DM_ALWAYS_INLINE float hsum(VecF4 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
-#if defined(__clang__) || __GNUC__ >= 12
-DM_ALWAYS_INLINE float hsum(VecF8 v) {
-  return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
-}
-DM_ALWAYS_INLINE float hsum(VecF16 v) {
-  return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
-}
-#else
-DM_ALWAYS_INLINE float hsum(VecF8 v) {
-  return hsum(VecF4{v[0], v[1], v[2], v[3]} + VecF4{v[4], v[5], v[6], v[7]});
-}
-DM_ALWAYS_INLINE float hsum(VecF16 v) {
-  return hsum(VecF8{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]} +
-              VecF8{v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]});
-}
-#endif
-
-// The 16-float state as 16/W vectors of W lanes (kept in registers).
+// ---- lane vectors -------------------------------------------------------------------------------
+// Simd<W>::F / I / U: W floats / int32 / uint32. W = 1 is plain scalars (any compiler); W = 4, 8, 16
+// are GCC/Clang vector extensions (fixed typedefs: a vector_size depending on a template parameter
+// is not reliably supported).
 template <int W>
 struct Simd;
 template <>
+struct Simd<1> {
+  typedef float F;
+  typedef int32_t I;
+  typedef uint32_t U;
+};
+#if defined(__GNUC__)
+typedef float VecF4 __attribute__((vector_size(16)));
+typedef float VecF8 __attribute__((vector_size(32)));
+typedef float VecF16 __attribute__((vector_size(64)));
+typedef int32_t VecI4 __attribute__((vector_size(16)));
+typedef int32_t VecI8 __attribute__((vector_size(32)));
+typedef int32_t VecI16 __attribute__((vector_size(64)));
+typedef uint32_t VecU4 __attribute__((vector_size(16)));
+typedef uint32_t VecU8 __attribute__((vector_size(32)));
+typedef uint32_t VecU16 __attribute__((vector_size(64)));
+template <>
 struct Simd<4> {
-  typedef VecF4 V;
+  typedef VecF4 F;
+  typedef VecI4 I;
+  typedef VecU4 U;
 };
 template <>
 struct Simd<8> {
-  typedef VecF8 V;
+  typedef VecF8 F;
+  typedef VecI8 I;
+  typedef VecU8 U;
 };
 template <>
 struct Simd<16> {
-  typedef VecF16 V;
+  typedef VecF16 F;
+  typedef VecI16 I;
+  typedef VecU16 U;
 };
+#endif
+
+template <typename To, typename From>
+DM_ALWAYS_INLINE To bit_cast(const From& f) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast size");
+  To t;
+  std::memcpy(&t, &f, sizeof(To));
+  return t;
+}
 
 template <typename V>
 DM_ALWAYS_INLINE V vload(const float* p) {
@@ -155,72 +133,485 @@ DM_ALWAYS_INLINE V vload(const float* p) {
   return v;
 }
 
-template <int W>
-DM_ALWAYS_INLINE void scan16(int64_t length, const float* DM_RESTRICT dt, const float* DM_RESTRICT dtu,
-                             const float* DM_RESTRICT uf, const float* DM_RESTRICT a_row, float d_skip,
-                             const float* DM_RESTRICT bt, const float* DM_RESTRICT ct, float* DM_RESTRICT out,
-                             float* DM_RESTRICT da /* kChunk * 16 */) {
-  using V = typename Simd<W>::V;
-  static_assert(sizeof(V) == 4 * W, "vector width");
-  constexpr int kParts = kNS / W;
-  float a[kNS];
-  for (int n = 0; n < kNS; ++n) a[n] = a_row[n];
-  V h[kParts];
-  for (int k = 0; k < kParts; ++k) h[k] = V{};
-  for (int64_t t0 = 0; t0 < length; t0 += kChunk) {
-    const int64_t tn = length - t0 < kChunk ? length - t0 : kChunk;
-    chunk_decay(tn, dt + t0, a, da);
-    for (int64_t t = 0; t < tn; ++t) {
-      const float du = dtu[t0 + t];
-      const float* b = bt + (t0 + t) * kNS;
-      const float* c = ct + (t0 + t) * kNS;
-      V acc = V{};
-      for (int k = 0; k < kParts; ++k) {
-        h[k] = vload<V>(da + t * kNS + k * W) * h[k] + du * vload<V>(b + k * W);
-        acc += vload<V>(c + k * W) * h[k];
-      }
-      out[t0 + t] = hsum(acc) + d_skip * uf[t0 + t];
-    }
+template <typename V>
+DM_ALWAYS_INLINE void vstore(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V>
+DM_ALWAYS_INLINE V vsplat(float s) {
+  if constexpr (std::is_same<V, float>::value) {
+    return s;
+  } else {
+    return V{} + s;  // for constants only (0 + s drops the sign of -0)
+  }
+}
+
+// int32 lanes -> float lanes (value conversion).
+template <typename V, typename VI>
+DM_ALWAYS_INLINE V int_to_float(VI k) {
+  if constexpr (std::is_same<V, float>::value) {
+    return static_cast<float>(k);
+  } else {
+#if defined(__GNUC__)
+    return __builtin_convertvector(k, V);
+#endif
+  }
+}
+
+// ---- ISA primitives -----------------------------------------------------------------------------
+// clamp_below(x, lo) = x < lo ? lo : x and clamp_above(x, hi) = x > hi ? hi : x (a NaN x passes
+// through), scale_pow2(e, n) = e * 2^n for integral n with one rounding. The generic forms are
+// vector-extension code (compare + blend); on x86 the clamps map exactly onto (v)maxps(lo, x) /
+// (v)minps(hi, x), which return their second operand when either is NaN, and the 16-lane scale onto
+// vscalefps. The x86 overloads carry their own target attribute: they are inlined once the
+// ISA-generic templates have been inlined into the matching target("...") function.
+template <typename V>
+DM_ALWAYS_INLINE V clamp_below(V x, V lo) {
+  return x < lo ? lo : x;
+}
+template <typename V>
+DM_ALWAYS_INLINE V clamp_above(V x, V hi) {
+  return x > hi ? hi : x;
+}
+// (GCC only: Clang rejects calls with wide vector arguments into target("...") functions from the
+// ISA-generic templates before inlining; LLVM selects maxps / minps for the generic ternaries itself.)
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
+#define DM_SCAN_X86_PRIMITIVES 1
+[[maybe_unused]] inline VecF4 clamp_below(VecF4 x, VecF4 lo) { return reinterpret_cast<VecF4>(_mm_max_ps(lo, x)); }
+[[maybe_unused]] inline VecF4 clamp_above(VecF4 x, VecF4 hi) { return reinterpret_cast<VecF4>(_mm_min_ps(hi, x)); }
+[[maybe_unused]] __attribute__((target("avx"))) inline VecF8 clamp_below(VecF8 x, VecF8 lo) {
+  return reinterpret_cast<VecF8>(_mm256_max_ps(lo, x));
+}
+[[maybe_unused]] __attribute__((target("avx"))) inline VecF8 clamp_above(VecF8 x, VecF8 hi) {
+  return reinterpret_cast<VecF8>(_mm256_min_ps(hi, x));
+}
+// (the masked forms with a full mask avoid GCC 12's -Wmaybe-uninitialized on _mm512_undefined_ps)
+[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 clamp_below(VecF16 x, VecF16 lo) {
+  return reinterpret_cast<VecF16>(_mm512_mask_max_ps(lo, static_cast<__mmask16>(0xffff), lo, x));
+}
+[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 clamp_above(VecF16 x, VecF16 hi) {
+  return reinterpret_cast<VecF16>(_mm512_mask_min_ps(hi, static_cast<__mmask16>(0xffff), hi, x));
+}
+[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 scale_pow2(VecF16 e, VecF16 n) {
+  return reinterpret_cast<VecF16>(_mm512_mask_scalef_ps(e, static_cast<__mmask16>(0xffff), e, n));
+}
+#endif
+
+// ---- per-element math, K independent vectors at a time ------------------------------------------
+// Each function works on K vectors statement by statement (the K loops are unrolled), which
+// interleaves K independent dependency chains for the out-of-order core. Per lane they are
+// dm::exp_f32, dm::log1p_f32 and dm::softplus_f32: the same operations in the same order.
+#define DM_EACH(K) for (int k_ = 0; k_ < (K); ++k_)
+
+// x[k] = exp(x[k]). kScalef: apply 2^n with scale_pow2 (16 lanes) instead of (e * 2^n1) * 2^n2.
+template <int K, int W, bool kScalef>
+DM_ALWAYS_INLINE void vexp(typename Simd<W>::F* x) {
+  typedef typename Simd<W>::F V;
+  typedef typename Simd<W>::I VI;
+  const V magic = vsplat<V>(12582912.0f), lo = vsplat<V>(-104.0f), hi = vsplat<V>(100.0f);
+  V t[K], n[K], r[K], p[K];
+  DM_EACH(K) x[k_] = clamp_below(x[k_], lo);  // keeps NaN
+  DM_EACH(K) x[k_] = clamp_above(x[k_], hi);
+  DM_EACH(K) t[k_] = x[k_] * 1.44269504088896341f + magic;
+  DM_EACH(K) n[k_] = t[k_] - magic;
+  DM_EACH(K) r[k_] = x[k_] - n[k_] * 0.693359375f;
+  DM_EACH(K) r[k_] = r[k_] - n[k_] * -2.12194440e-4f;
+  DM_EACH(K) p[k_] = vsplat<V>(1.9875691500e-4f) * r[k_] + 1.3981999507e-3f;
+  DM_EACH(K) p[k_] = p[k_] * r[k_] + 8.3334519073e-3f;
+  DM_EACH(K) p[k_] = p[k_] * r[k_] + 4.1665795894e-2f;
+  DM_EACH(K) p[k_] = p[k_] * r[k_] + 1.6666665459e-1f;
+  DM_EACH(K) p[k_] = p[k_] * r[k_] + 5.0000001201e-1f;
+  DM_EACH(K) p[k_] = p[k_] * (r[k_] * r[k_]) + r[k_] + 1.0f;  // e
+#if defined(DM_SCAN_X86_PRIMITIVES)
+  if constexpr (kScalef) {
+    DM_EACH(K) x[k_] = scale_pow2(p[k_], n[k_]);
+    return;
+  }
+#endif
+  static_assert(!kScalef || W == 16, "scale_pow2 is the 16-lane vscalefps");
+  DM_EACH(K) {
+    const VI ni = bit_cast<VI>(t[k_]) - bit_cast<VI>(magic);
+    const VI n1 = ni >> 1;  // arithmetic shift, as in exp_f32
+    const VI n2 = ni - n1;
+    x[k_] = (p[k_] * bit_cast<V>((n1 + 127) << 23)) * bit_cast<V>((n2 + 127) << 23);
+  }
+}
+
+// z[k] = log1p(z[k]) for z > -1.
+template <int K, int W>
+DM_ALWAYS_INLINE void vlog1p(typename Simd<W>::F* z) {
+  typedef typename Simd<W>::F V;
+  typedef typename Simd<W>::I VI;
+  typedef typename Simd<W>::U VU;
+  V u[K], c[K], f[K], s[K], zz[K], w[K], R[K], hfsq[K];
+  VU iu[K];
+  VI kk[K];
+  DM_EACH(K) u[k_] = 1.0f + z[k_];
+  DM_EACH(K) iu[k_] = bit_cast<VU>(u[k_]) + (0x3f800000u - 0x3f3504f3u);
+  DM_EACH(K) kk[k_] = bit_cast<VI>(iu[k_] >> 23) - 0x7f;  // logical shift, as on uint32_t
+  DM_EACH(K) c[k_] = (kk[k_] >= 2) ? 1.0f - (u[k_] - z[k_]) : z[k_] - (u[k_] - 1.0f);
+  DM_EACH(K) c[k_] = c[k_] / u[k_];
+  DM_EACH(K) iu[k_] = (iu[k_] & 0x007fffffu) + 0x3f3504f3u;
+  DM_EACH(K) f[k_] = bit_cast<V>(iu[k_]) - 1.0f;
+  DM_EACH(K) s[k_] = f[k_] / (2.0f + f[k_]);
+  DM_EACH(K) zz[k_] = s[k_] * s[k_];
+  DM_EACH(K) w[k_] = zz[k_] * zz[k_];
+  DM_EACH(K) {
+    const V t1 = w[k_] * (0.40000972152f + w[k_] * 0.24279078841f);
+    const V t2 = zz[k_] * (0.66666662693f + w[k_] * 0.28498786688f);
+    R[k_] = t2 + t1;
+  }
+  DM_EACH(K) hfsq[k_] = 0.5f * f[k_] * f[k_];
+  DM_EACH(K) {
+    const V dk = int_to_float<V>(kk[k_]);
+    z[k_] = s[k_] * (hfsq[k_] + R[k_]) + (dk * 9.0580006145e-06f + c[k_]) - hfsq[k_] + f[k_] +
+            dk * 6.9313812256e-01f;
+  }
+}
+
+// v[k] = softplus(v[k]) = v > 20 ? v : log1p(exp(v)).
+template <int K, int W, bool kScalef>
+DM_ALWAYS_INLINE void vsoftplus(typename Simd<W>::F* v) {
+  typedef typename Simd<W>::F V;
+  V sp[K];
+  DM_EACH(K) sp[k_] = v[k_];
+  vexp<K, W, kScalef>(sp);
+  vlog1p<K, W>(sp);
+  DM_EACH(K) v[k_] = v[k_] > 20.0f ? v[k_] : sp[k_];
+}
+
+// ---- W x W transposes ---------------------------------------------------------------------------
+#if defined(__GNUC__)
+// One butterfly stage: swaps bit S of the row index with bit S of the column index for the rows a
+// (bit S clear) and b (bit S set).
+template <int S, typename V, size_t... I>
+DM_ALWAYS_INLINE void butterfly(V& a, V& b, std::index_sequence<I...>) {
+  constexpr int W = static_cast<int>(sizeof...(I));
+#if defined(__clang__) || __GNUC__ >= 12
+  const V lo = __builtin_shufflevector(a, b, ((I & S) ? static_cast<int>(W + I - S) : static_cast<int>(I))...);
+  const V hi = __builtin_shufflevector(a, b, ((I & S) ? static_cast<int>(W + I) : static_cast<int>(I + S))...);
+#else
+  typedef typename Simd<W>::I VI;
+  const V lo = __builtin_shuffle(a, b, VI{((I & S) ? static_cast<int>(W + I - S) : static_cast<int>(I))...});
+  const V hi = __builtin_shuffle(a, b, VI{((I & S) ? static_cast<int>(W + I) : static_cast<int>(I + S))...});
+#endif
+  a = lo;
+  b = hi;
+}
+
+template <int S, int W, typename V>
+DM_ALWAYS_INLINE void transpose_stages(V* r) {
+  if constexpr (S < W) {
+    for (int i = 0; i < W; ++i)
+      if ((i & S) == 0) butterfly<S>(r[i], r[i + S], std::make_index_sequence<W>());
+    transpose_stages<2 * S, W>(r);
   }
 }
 #endif
 
-struct ChannelArgs {
-  int64_t length, n_state;
-  float bias, d_skip;
-  bool softplus;
-  const float* a_row;
-  const float* bt;
-  const float* ct;
-};
-
-// Whole per-channel computation for SIMD width W (W = 0: scalar code only).
-template <int W, typename T>
-DM_ALWAYS_INLINE void channel_impl(const ChannelArgs& p, const T* u, const T* delta, T* y, float* scratch) {
-  const int64_t L = p.length;
-  float* dt = scratch;
-  float* dtu = dt + L;
-  float* uf = dtu + L;
-  float* yf = uf + L;
-  float* work = yf + L;  // max(kChunk * 16, N) floats
-  channel_prepass(L, u, delta, p.bias, p.softplus, dt, dtu, uf);
-  float* out = std::is_same<T, float>::value ? reinterpret_cast<float*>(y) : yf;
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i, j < W.
+template <int W>
+DM_ALWAYS_INLINE void transpose_tile(const float* DM_RESTRICT src, int64_t ld_src, float* DM_RESTRICT dst,
+                                     int64_t ld_dst) {
 #if defined(__GNUC__)
-  if (W > 0 && p.n_state == kNS) {
-    scan16<(W > 0 ? W : 4)>(L, dt, dtu, uf, p.a_row, p.d_skip, p.bt, p.ct, out, work);
+  if constexpr (W > 1) {
+    typedef typename Simd<W>::F V;
+    V r[W];
+    for (int i = 0; i < W; ++i) r[i] = vload<V>(src + i * ld_src);
+    transpose_stages<1, W>(r);
+    for (int i = 0; i < W; ++i) vstore(dst + i * ld_dst, r[i]);
   } else
 #endif
   {
-    scan_generic(L, p.n_state, dt, dtu, uf, p.a_row, p.d_skip, p.bt, p.ct, out, work);
-  }
-  if (!std::is_same<T, float>::value) {
-    for (int64_t t = 0; t < L; ++t) y[t] = dm::from_f32<T>(yf[t]);
+    for (int i = 0; i < W; ++i)
+      for (int j = 0; j < W; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
   }
 }
 
-template <typename T>
-using ChannelFn = void (*)(const ChannelArgs&, const T*, const T*, T*, float*);
+// ---- stages -------------------------------------------------------------------------------------
+// B or C of one group, (N, L) -> (L, N) float, time steps [t0, t1).
+template <int W, typename T>
+DM_ALWAYS_INLINE void bc_transpose(const T* DM_RESTRICT src, float* DM_RESTRICT dst, int64_t n_state,
+                                   int64_t length, int64_t t0, int64_t t1) {
+  int64_t t = t0;
+  if constexpr (std::is_same<T, float>::value && W > 1) {
+    if (n_state % W == 0)
+      for (; t + W <= t1; t += W)
+        for (int64_t n = 0; n < n_state; n += W)
+          transpose_tile<W>(src + n * length + t, length, dst + t * n_state + n, n_state);
+  }
+  for (int64_t n = 0; n < n_state; ++n)
+    for (int64_t tt = t; tt < t1; ++tt) dst[tt * n_state + n] = dm::to_f32(src[n * length + tt]);
+}
 
+// dt = delta + bias (softplus'd), dtu = dt * u over rows x W floats in lane layout (rows a multiple of
+// 4 when W > 1); d holds delta on entry, dt on exit.
+template <int W, bool kScalef>
+DM_ALWAYS_INLINE void lane_prepass(int64_t rows, bool softplus, const float* DM_RESTRICT bias, float* DM_RESTRICT d,
+                                   const float* DM_RESTRICT uf, float* DM_RESTRICT dtu) {
+  typedef typename Simd<W>::F V;
+  constexpr int K = W > 1 ? 4 : 1;  // rows per step, interleaved
+  const V bv = vload<V>(bias);
+  for (int64_t t = 0; t < rows; t += K) {
+    V v[K];
+    DM_EACH(K) v[k_] = vload<V>(d + (t + k_) * W) + bv;
+    if (softplus) vsoftplus<K, W, kScalef>(v);
+    DM_EACH(K) {
+      vstore(d + (t + k_) * W, v[k_]);
+      vstore(dtu + (t + k_) * W, v[k_] * vload<V>(uf + (t + k_) * W));
+    }
+  }
+}
+
+// Buffers of one chunk, lane layout: dt, dtu, uf, yb (tn, W); a, hs (N, W); dsk (W). bt, ct: the
+// chunk's (tn, N) B and C values, broadcast to the lanes. pf: cache lines to prefetch, spread over
+// the time steps.
+struct ChunkArgs {
+  int64_t tn, n_state;
+  const float* dt;
+  const float* dtu;
+  const float* uf;
+  const float* a;
+  const float* dsk;
+  const float* bt;
+  const float* ct;
+  float* yb;
+  float* hs;
+  const char* const* pf;
+  int64_t n_pf;
+};
+
+DM_ALWAYS_INLINE void prefetch_step(const ChunkArgs& c, int64_t t, int64_t per_step) {
+#if defined(__GNUC__)
+  const int64_t end = (t + 1) * per_step < c.n_pf ? (t + 1) * per_step : c.n_pf;
+  for (int64_t i = t * per_step; i < end; ++i) __builtin_prefetch(c.pf[i], 0, 3);
+#else
+  (void)c, (void)t, (void)per_step;
+#endif
+}
+
+// The recurrence for N == 16, the states in registers.
+template <int W, bool kScalef>
+DM_ALWAYS_INLINE void scan_chunk16(const ChunkArgs& c) {
+  typedef typename Simd<W>::F V;
+  const float* DM_RESTRICT a = c.a;
+  const int64_t per_step = (c.n_pf + c.tn - 1) / c.tn;
+  V h[kNS];
+  for (int n = 0; n < kNS; ++n) h[n] = vload<V>(c.hs + n * W);
+  for (int64_t t = 0; t < c.tn; ++t) {
+    prefetch_step(c, t, per_step);
+    const V d = vload<V>(c.dt + t * W), du = vload<V>(c.dtu + t * W);
+    const float* DM_RESTRICT b = c.bt + t * kNS;
+    const float* DM_RESTRICT cc = c.ct + t * kNS;
+    V acc[4];
+    DM_UNROLL_16
+    for (int n = 0; n < kNS; ++n) {
+      V da[1] = {d * vload<V>(a + n * W)};
+      vexp<1, W, kScalef>(da);
+      h[n] = da[0] * h[n] + du * b[n];
+      acc[n % 4] = n < 4 ? cc[n] * h[n] : acc[n % 4] + cc[n] * h[n];
+    }
+    const V sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    vstore(c.yb + t * W, sum + vload<V>(c.dsk) * vload<V>(c.uf + t * W));
+  }
+  for (int n = 0; n < kNS; ++n) vstore(c.hs + n * W, h[n]);
+}
+
+// Any N: the states live in hs.
+template <int W, bool kScalef>
+DM_ALWAYS_INLINE void scan_chunk_any(const ChunkArgs& c) {
+  typedef typename Simd<W>::F V;
+  const int64_t N = c.n_state;
+  const int64_t per_step = (c.n_pf + c.tn - 1) / c.tn;
+  float* DM_RESTRICT hs = c.hs;
+  for (int64_t t = 0; t < c.tn; ++t) {
+    prefetch_step(c, t, per_step);
+    const V d = vload<V>(c.dt + t * W), du = vload<V>(c.dtu + t * W);
+    const float* DM_RESTRICT b = c.bt + t * N;
+    const float* DM_RESTRICT cc = c.ct + t * N;
+    V acc = vsplat<V>(0.0f);
+    for (int64_t n = 0; n < N; ++n) {
+      V da[1] = {d * vload<V>(c.a + n * W)};
+      vexp<1, W, kScalef>(da);
+      const V hn = da[0] * vload<V>(hs + n * W) + du * b[n];
+      vstore(hs + n * W, hn);
+      acc = acc + cc[n] * hn;
+    }
+    vstore(c.yb + t * W, acc + vload<V>(c.dsk) * vload<V>(c.uf + t * W));
+  }
+}
+
+// tiles consecutive W x W tiles: rows (stride ld) of src -> lane layout dst (tile k at src + k W,
+// dst + k W W), and back.
+template <int W>
+DM_ALWAYS_INLINE void rows_to_lanes(const float* src, int64_t ld, float* dst, int64_t tiles) {
+  for (int64_t k = 0; k < tiles; ++k) transpose_tile<W>(src + k * W, ld, dst + k * W * W, W);
+}
+template <int W>
+DM_ALWAYS_INLINE void lanes_to_rows(const float* src, float* dst, int64_t ld, int64_t tiles) {
+  for (int64_t k = 0; k < tiles; ++k) transpose_tile<W>(src + k * W * W, W, dst + k * W, ld);
+}
+
+// The stages of one variant, each compiled once, as its own function, for that ISA.
+#define DM_SCAN_STAGES(NAME, ATTR, WIDTH, SCALEF)                                                         \
+  struct NAME {                                                                                           \
+    static constexpr int W = WIDTH;                                                                       \
+    ATTR static void bc_f32(const float* src, float* dst, int64_t n, int64_t len, int64_t t0, int64_t t1) { \
+      bc_transpose<WIDTH>(src, dst, n, len, t0, t1);                                                      \
+    }                                                                                                     \
+    ATTR static void bc_f16(const Half* src, float* dst, int64_t n, int64_t len, int64_t t0, int64_t t1) {  \
+      bc_transpose<WIDTH>(src, dst, n, len, t0, t1);                                                      \
+    }                                                                                                     \
+    ATTR static void to_lanes(const float* src, int64_t ld, float* dst, int64_t tiles) {                  \
+      rows_to_lanes<WIDTH>(src, ld, dst, tiles);                                                          \
+    }                                                                                                     \
+    ATTR static void to_rows(const float* src, float* dst, int64_t ld, int64_t tiles) {                   \
+      lanes_to_rows<WIDTH>(src, dst, ld, tiles);                                                          \
+    }                                                                                                     \
+    ATTR static void prepass(int64_t rows, bool softplus, const float* bias, float* d, const float* uf,   \
+                             float* dtu) {                                                                \
+      lane_prepass<WIDTH, SCALEF>(rows, softplus, bias, d, uf, dtu);                                      \
+    }                                                                                                     \
+    ATTR static void scan(const ChunkArgs& c) {                                                           \
+      if (c.n_state == kNS)                                                                               \
+        scan_chunk16<WIDTH, SCALEF>(c);                                                                   \
+      else                                                                                                \
+        scan_chunk_any<WIDTH, SCALEF>(c);                                                                 \
+    }                                                                                                     \
+  };
+
+// ---- one block of channels ----------------------------------------------------------------------
+template <typename T>
+struct BlockArgs {
+  int64_t length, n_state;
+  int64_t lanes;  // channels in this block (<= W)
+  bool softplus;
+  const T* u;      // row of the block's first channel; channel l at u + l * length
+  const T* delta;  // likewise
+  T* y;            // likewise
+  const float* A;  // A[c0] (lanes rows of n_state)
+  const float* D;  // D[c0]
+  const float* bias;
+  const float* bt;  // (L, N) of the block's group, float32
+  const float* ct;
+  // the block this task runs next (prefetched during the last chunk); next_lanes = 0: none
+  const T* next_u;
+  const T* next_delta;
+  T* next_y;
+  int64_t next_lanes;
+};
+
+// Floats of scratch one task needs (block_impl: 64-byte aligned buffers + the prefetch list).
+inline size_t block_scratch_floats(int64_t W, int64_t N) {
+  return static_cast<size_t>(6 * kChunk * W + 2 * N * W + 2 * W + 16) +
+         kMaxPrefetch * sizeof(const char*) / sizeof(float) + 2;
+}
+
+// Appends the cache lines of rows [0, lanes) x [t0, t0 + n) of the three tensors to pf.
+template <typename T>
+DM_ALWAYS_INLINE int64_t add_prefetch(const char** pf, int64_t count, const T* u, const T* delta, const T* y,
+                                      int64_t ld, int64_t lanes, int64_t t0, int64_t n) {
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  for (const T* base : {u, delta, static_cast<const T*>(y)})
+    for (int64_t l = 0; l < lanes; ++l)
+      for (int64_t t = 0; t < n && count < kMaxPrefetch; t += kLine)
+        pf[count++] = reinterpret_cast<const char*>(base + l * ld + t0 + t);
+  return count;
+}
+
+// Stages: one of the Stages* structs (width W, per-ISA stage functions).
+template <typename Stages, typename T>
+DM_ALWAYS_INLINE void block_impl(const BlockArgs<T>& p, float* scratch_raw) {
+  constexpr int W = Stages::W;
+  const int64_t L = p.length, N = p.n_state, lanes = p.lanes;
+  // 64-byte aligned: staging (W, kChunk) x 2, lane layout (kChunk, W) x 4, a, hs (N, W), dsk, bias
+  // (W), then the prefetch list
+  float* s = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch_raw) + 63) & ~uintptr_t(63));
+  float* su = s;  // u staging, later y staging
+  float* sd = su + W * kChunk;
+  float* uf = sd + W * kChunk;
+  float* dt = uf + kChunk * W;
+  float* dtu = dt + kChunk * W;
+  float* yb = dtu + kChunk * W;
+  float* a = yb + kChunk * W;
+  float* hs = a + N * W;
+  float* dsk = hs + N * W;
+  float* bias = dsk + W;
+  const char** pf = reinterpret_cast<const char**>(
+      (reinterpret_cast<uintptr_t>(bias + W) + alignof(const char*) - 1) & ~uintptr_t(alignof(const char*) - 1));
+
+  for (int64_t l = 0; l < W; ++l) {
+    dsk[l] = l < lanes ? p.D[l] : 0.0f;
+    bias[l] = l < lanes ? p.bias[l] : 0.0f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t l = 0; l < W; ++l) {
+      a[n * W + l] = l < lanes ? p.A[l * N + n] : 0.0f;  // padding lanes: dt * 0 -> h stays 0
+      hs[n * W + l] = 0.0f;
+    }
+
+  for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
+    const int64_t tn = L - t0 < kChunk ? L - t0 : kChunk;
+    const int64_t tp = (tn + W - 1) / W * W;  // padded to whole tiles
+    // the lines the recurrence prefetches: the next chunk, or the next block's first chunk
+    int64_t n_pf = 0;
+    if (t0 + kChunk < L) {
+      const int64_t nn = L - t0 - kChunk < kChunk ? L - t0 - kChunk : kChunk;
+      n_pf = add_prefetch(pf, 0, p.u, p.delta, p.y, L, lanes, t0 + kChunk, nn);
+    } else if (p.next_lanes > 0) {
+      n_pf = add_prefetch(pf, 0, p.next_u, p.next_delta, p.next_y, L, p.next_lanes, 0, L < kChunk ? L : kChunk);
+    }
+    // float I/O and a whole (W, kChunk) tile: transpose straight from / to the tensors
+    const bool direct = std::is_same<T, float>::value && lanes == W && tn == kChunk;
+    // a. u, delta -> (tp, W) float
+    if (direct) {
+      const float* pu = reinterpret_cast<const float*>(p.u) + t0;
+      const float* pd = reinterpret_cast<const float*>(p.delta) + t0;
+      Stages::to_lanes(pu, L, uf, tp / W);
+      Stages::to_lanes(pd, L, dt, tp / W);
+    } else {
+      for (int64_t l = 0; l < W; ++l) {
+        float* DM_RESTRICT ru = su + l * kChunk;
+        float* DM_RESTRICT rd = sd + l * kChunk;
+        int64_t t = 0;
+        if (l < lanes) {
+          const T* DM_RESTRICT pu = p.u + l * L + t0;
+          const T* DM_RESTRICT pd = p.delta + l * L + t0;
+          for (; t < tn; ++t) {
+            ru[t] = dm::to_f32(pu[t]);
+            rd[t] = dm::to_f32(pd[t]);
+          }
+        }
+        for (; t < tp; ++t) {
+          ru[t] = 0.0f;
+          rd[t] = 0.0f;
+        }
+      }
+      Stages::to_lanes(su, kChunk, uf, tp / W);
+      Stages::to_lanes(sd, kChunk, dt, tp / W);
+    }
+    // b. dt, dt * u (rows up to a multiple of 4 <= tp)
+    Stages::prepass(W > 1 ? (tn + 3) / 4 * 4 : tn, p.softplus, bias, dt, uf, dtu);
+    // c. recurrence
+    const ChunkArgs c{tn, N, dt, dtu, uf, a, dsk, p.bt + t0 * N, p.ct + t0 * N, yb, hs, pf, n_pf};
+    Stages::scan(c);
+    // d. y -> (W, tp), store the valid part
+    if (direct) {
+      float* py = reinterpret_cast<float*>(p.y) + t0;
+      Stages::to_rows(yb, py, L, tp / W);
+    } else {
+      Stages::to_rows(yb, su, kChunk, tp / W);
+      for (int64_t l = 0; l < lanes; ++l) {
+        const float* DM_RESTRICT ry = su + l * kChunk;
+        T* DM_RESTRICT py = p.y + l * L + t0;
+        for (int64_t t = 0; t < tn; ++t) py[t] = dm::from_f32<T>(ry[t]);
+      }
+    }
+  }
+}
+
+// ---- variants and dispatch ----------------------------------------------------------------------
 #if defined(__GNUC__)
 #if defined(__AVX512F__)
 constexpr int kBuildWidth = 16;
@@ -230,61 +621,88 @@ constexpr int kBuildWidth = 8;
 constexpr int kBuildWidth = 4;
 #endif
 #else
-constexpr int kBuildWidth = 0;
+constexpr int kBuildWidth = 1;
+#endif
+#if defined(DM_SCAN_X86_PRIMITIVES) && defined(__AVX512F__)
+constexpr bool kBuildScalef = true;
+#else
+constexpr bool kBuildScalef = false;
 #endif
 
 template <typename T>
-void channel_build_isa(const ChannelArgs& p, const T* u, const T* delta, T* y, float* scratch) {
-  channel_impl<kBuildWidth, T>(p, u, delta, y, scratch);
+struct Variant {
+  int lanes;
+  void (*block)(const BlockArgs<T>&, float*);
+  void (*bc)(const T*, float*, int64_t, int64_t, int64_t, int64_t);
+};
+
+DM_SCAN_STAGES(StagesBuild, DM_NOINLINE, kBuildWidth, kBuildScalef)
+
+template <typename T>
+void block_build_isa(const BlockArgs<T>& p, float* scratch) {
+  block_impl<StagesBuild, T>(p, scratch);
+}
+
+template <typename Stages, typename T>
+constexpr auto bc_fn() {
+  if constexpr (std::is_same<T, float>::value) {
+    return &Stages::bc_f32;
+  } else {
+    return &Stages::bc_f16;
+  }
 }
 
 #if defined(DM_SCAN_X86_DISPATCH)
+#define DM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define DM_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+DM_SCAN_STAGES(StagesAvx2, DM_TARGET_AVX2 DM_NOINLINE, 8, false)
+DM_SCAN_STAGES(StagesAvx512, DM_TARGET_AVX512 DM_NOINLINE, 16, true)
+
 template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void channel_avx2(const ChannelArgs& p, const T* u, const T* delta, T* y,
-                                                           float* scratch) {
-  channel_impl<8, T>(p, u, delta, y, scratch);
+DM_TARGET_AVX2 void block_avx2(const BlockArgs<T>& p, float* scratch) {
+  block_impl<StagesAvx2, T>(p, scratch);
 }
 
 template <typename T>
-__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c"))) void channel_avx512(
-    const ChannelArgs& p, const T* u, const T* delta, T* y, float* scratch) {
-  channel_impl<16, T>(p, u, delta, y, scratch);
+DM_TARGET_AVX512 void block_avx512(const BlockArgs<T>& p, float* scratch) {
+  block_impl<StagesAvx512, T>(p, scratch);
 }
 #endif
 
 // The widest variant this CPU runs (resolved once). DEFMAMBA_CPU_ISA=build|avx2|avx512 in the
 // environment caps the choice (for testing the variants on one machine).
 template <typename T>
-ChannelFn<T> select_channel_fn() {
+Variant<T> select_variant() {
 #if defined(DM_SCAN_X86_DISPATCH)
   const char* env = std::getenv("DEFMAMBA_CPU_ISA");
   const std::string cap = env ? env : "";
-  if (cap == "build") return &channel_build_isa<T>;
-  if (kBuildWidth < 16 && cap != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-    return &channel_avx512<T>;
-  if (kBuildWidth < 8 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
-    return &channel_avx2<T>;
+  if (cap != "build") {
+    if (kBuildWidth < 16 && cap != "avx2" && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw"))
+      return {16, &block_avx512<T>, bc_fn<StagesAvx512, T>()};
+    if (kBuildWidth < 8 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return {8, &block_avx2<T>, bc_fn<StagesAvx2, T>()};
+  }
 #endif
-  return &channel_build_isa<T>;
+  return {kBuildWidth, &block_build_isa<T>, bc_fn<StagesBuild, T>()};
 }
 
 template <typename T>
-ChannelFn<T> channel_fn() {
-  static const ChannelFn<T> fn = select_channel_fn<T>();
-  return fn;
+const Variant<T>& variant() {
+  static const Variant<T> v = select_variant<T>();
+  return v;
 }
 
 }  // namespace
 
 const char* selective_scan_cpu_isa() {
-  const ChannelFn<float> fn = channel_fn<float>();
+  const Variant<float>& v = variant<float>();
 #if defined(DM_SCAN_X86_DISPATCH)
-  if (fn == &channel_avx512<float>) return "avx512";
-  if (fn == &channel_avx2<float>) return "avx2";
+  if (v.block == &block_avx512<float>) return "avx512";
+  if (v.block == &block_avx2<float>) return "avx2";
 #endif
-  (void)fn;
+  (void)v;
   return kBuildWidth == 16 ? "build(avx512)" : kBuildWidth == 8 ? "build(avx2)" : kBuildWidth == 4 ? "build(sse2)"
                                                                                                     : "scalar";
 }
@@ -296,7 +714,10 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
   const int64_t Bt = s.batch, Ch = s.channels, G = s.groups, N = s.state, L = s.length;
   if (Bt <= 0 || Ch <= 0 || L <= 0 || N <= 0 || G <= 0) return;
   const int64_t ch_per_group = Ch / G;
-  const ChannelFn<T> channel = channel_fn<T>();
+  const Variant<T>& var = variant<T>();
+  const int64_t W = var.lanes;
+  const int64_t blocks_per_group = (ch_per_group + W - 1) / W;
+  const size_t n_blocks = static_cast<size_t>(G * blocks_per_group);
 
   // B and C of one batch, converted and transposed: (G, L, N) each; reused for every batch.
   const size_t bc_elems = static_cast<size_t>(G * L * N);
@@ -305,9 +726,8 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
   float* CT = bc.get() + bc_elems;
 
   const size_t t_blocks = static_cast<size_t>((L + kTransposeBlock - 1) / kTransposeBlock);
-  const size_t n_tasks = task_count(static_cast<size_t>(Ch), static_cast<double>(L * N), kTaskGrain);
-  const size_t scratch_floats =
-      4 * static_cast<size_t>(L) + static_cast<size_t>(N > kChunk * kNS ? N : kChunk * kNS) + 16;
+  const size_t n_tasks = task_count(n_blocks, static_cast<double>(W * L * N), kTaskGrain);
+  const size_t scratch_floats = block_scratch_floats(W, N);
 
   for (int64_t b = 0; b < Bt; ++b) {
     const T* Bb = B + b * G * N * L;
@@ -318,20 +738,42 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
       const int64_t t0 = static_cast<int64_t>(blk) * kTransposeBlock;
       const int64_t t1 = t0 + kTransposeBlock < L ? t0 + kTransposeBlock : L;
       const int64_t off = static_cast<int64_t>(gi) * N * L;
-      transpose_block(is_c ? Cb + off : Bb + off, (is_c ? CT : BT) + off, N, L, t0, t1);
+      var.bc(is_c ? Cb + off : Bb + off, (is_c ? CT : BT) + off, N, L, t0, t1);
     });
 
     par.for_each(n_tasks, [&](size_t task) {
-      size_t c_begin, c_end;
-      split_range(static_cast<size_t>(Ch), n_tasks, task, &c_begin, &c_end);
-      std::unique_ptr<float[]> scratch(new float[scratch_floats]);
-      for (size_t ci = c_begin; ci < c_end; ++ci) {
-        const int64_t c = static_cast<int64_t>(ci);
-        const int64_t g = c / ch_per_group;
-        const int64_t row = (b * Ch + c) * L;
-        const ChannelArgs args{L,         N,          delta_bias[c], D[c], delta_softplus,
-                               A + c * N, BT + g * L * N, CT + g * L * N};
-        channel(args, u + row, delta + row, y + row, scratch.get());
+      size_t blk_begin, blk_end;
+      split_range(n_blocks, n_tasks, task, &blk_begin, &blk_end);
+      std::unique_ptr<float[]> scratch(new float[scratch_floats]());
+      const auto first_channel = [&](size_t blk, int64_t* lanes) {
+        const int64_t j = static_cast<int64_t>(blk) % blocks_per_group;
+        *lanes = ch_per_group - j * W < W ? ch_per_group - j * W : W;
+        return static_cast<int64_t>(blk) / blocks_per_group * ch_per_group + j * W;
+      };
+      for (size_t blk = blk_begin; blk < blk_end; ++blk) {
+        int64_t lanes, next_lanes = 0;
+        const int64_t c0 = first_channel(blk, &lanes);
+        const int64_t g = static_cast<int64_t>(blk) / blocks_per_group;
+        const int64_t row = (b * Ch + c0) * L;
+        int64_t next_row = row;
+        if (blk + 1 < blk_end) next_row = (b * Ch + first_channel(blk + 1, &next_lanes)) * L;
+        const BlockArgs<T> args{L,
+                                N,
+                                lanes,
+                                delta_softplus,
+                                u + row,
+                                delta + row,
+                                y + row,
+                                A + c0 * N,
+                                D + c0,
+                                delta_bias + c0,
+                                BT + g * L * N,
+                                CT + g * L * N,
+                                u + next_row,
+                                delta + next_row,
+                                y + next_row,
+                                next_lanes};
+        var.block(args, scratch.get());
       }
     });
   }

@@ -13,7 +13,7 @@ struct SelectiveScanShape {
   int64_t batch;     // Bt
   int64_t channels;  // Ch, a multiple of groups
   int64_t groups;    // G: channel c uses B/C group c / (Ch / G)
-  int64_t state;     // N (16 in DefMamba; any N >= 1 works, N == 16 has a specialised loop)
+  int64_t state;     // N (16 in DefMamba; any N >= 1 works, N == 16 keeps the states in registers)
   int64_t length;    // L
 };
 
@@ -23,8 +23,9 @@ struct SelectiveScanShape {
 //   dt = delta + delta_bias[c]; if (delta_softplus) dt = softplus(dt)
 //   h[n] = exp(dt * A[c,n]) * h[n] + dt * B[b,g,n,t] * u      (h starts at 0)
 //   y = sum_n C[b,g,n,t] * h[n] + D[c] * u
+// Channels are computed W at a time in SIMD lanes (W = 16 AVX-512, 8 AVX2, 4 SSE2; see cpu_kernel.cpp).
 // Scratch: one float buffer of Bt-independent size 2*G*N*L (B, C transposed to (L, N) per batch)
-// plus 4*L floats per task; allocated per call, never inside the time loop.
+// plus ~(384 + 2*N)*W floats per task, independent of L; allocated per call, never inside the time loop.
 template <typename T>
 void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta, const float* A, const T* B,
                         const T* C, const float* D, const float* delta_bias, bool delta_softplus, T* y,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -83,6 +84,38 @@ static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, 
          (long long)L, (int)softplus, max_err, tol);
 }
 
+// Channels are computed in SIMD lanes (blocks of 4/8/16 channels of one group): a NaN in one channel
+// must stay in that channel (from its time step on), and the other channels must not change at all.
+static void check_scan_lane_isolation(std::mt19937& rng) {
+  const int64_t Bt = 1, Ch = 40, G = 2, N = 16, L = 150, bad_c = 21, bad_t = 70;
+  std::normal_distribution<float> nd;
+  const size_t nu = Bt * Ch * L, nb = Bt * G * N * L;
+  std::vector<float> u(nu), dl(nu), A(Ch * N), Bm(nb), Cm(nb), D(Ch), db(Ch), y0(nu), y1(nu);
+  for (auto& v : u) v = nd(rng);
+  for (auto& v : dl) v = nd(rng) - 1.0f;
+  for (auto& v : A) v = -std::exp(nd(rng));
+  for (auto& v : Bm) v = nd(rng);
+  for (auto& v : Cm) v = nd(rng);
+  for (auto& v : D) v = nd(rng);
+  for (auto& v : db) v = 0.1f * nd(rng);
+  selective_scan_cpu<float>({Bt, Ch, G, N, L}, u.data(), dl.data(), A.data(), Bm.data(), Cm.data(), D.data(),
+                            db.data(), true, y0.data());
+  u[bad_c * L + bad_t] = std::nanf("");
+  selective_scan_cpu<float>({Bt, Ch, G, N, L}, u.data(), dl.data(), A.data(), Bm.data(), Cm.data(), D.data(),
+                            db.data(), true, y1.data());
+  bool ok = true;
+  for (int64_t c = 0; c < Ch; ++c)
+    for (int64_t t = 0; t < L; ++t) {
+      const float a = y0[c * L + t], b = y1[c * L + t];
+      if (c == bad_c && t >= bad_t)
+        ok = ok && std::isnan(b);
+      else
+        ok = ok && std::memcmp(&a, &b, sizeof(float)) == 0;
+    }
+  EXPECT(ok, "scan: a NaN in channel %lld at t = %lld must affect exactly that channel from t on", (long long)bad_c,
+         (long long)bad_t);
+}
+
 // ---- TokenSort -------------------------------------------------------------------------------------
 static void check_sort(int64_t Bt, int64_t L, bool ties, std::mt19937& rng) {
   std::normal_distribution<float> nd;
@@ -152,6 +185,20 @@ int main() {
     check_scan<Half>(1, 2, 2, 7, 9, sp, rng);
   }
   check_scan<float>(1, 8, 2, 16, 1000, true, rng);
+  // Channel blocks in SIMD lanes: Ch / G not a multiple of the lane count (partial blocks), several
+  // blocks per group, whole 64-step chunks (transposed straight from the tensors) and chunk tails,
+  // N != 16 (states in memory) with partial blocks, float16 I/O with partial blocks.
+  for (bool sp : {true, false}) {
+    check_scan<float>(1, 3 * 37, 3, 16, 150, sp, rng);
+    check_scan<float>(2, 48, 3, 16, 200, sp, rng);
+    check_scan<float>(1, 20, 1, 16, 64, sp, rng);
+    check_scan<float>(1, 17, 1, 16, 1, sp, rng);
+    check_scan<float>(1, 40, 2, 7, 130, sp, rng);
+    check_scan<float>(1, 34, 1, 32, 70, sp, rng);
+    check_scan<Half>(2, 40, 2, 16, 130, sp, rng);
+    check_scan<Half>(1, 18, 1, 3, 65, sp, rng);
+  }
+  check_scan_lane_isolation(rng);
   for (bool ties : {false, true}) {
     check_sort(3, 17, ties, rng);
     check_sort(2, 1, ties, rng);
