@@ -34,7 +34,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="run the matrix N times and report the spread")
     ap.add_argument("--no-ops", action="store_true", help="skip the op-level benchmark")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--summary-only", type=Path, default=None, help="re-write the .md summary of an existing results JSON")
     args = ap.parse_args()
+    if args.summary_only:
+        data = json.loads(args.summary_only.read_text())
+        args.summary_only.with_suffix(".md").write_text(summary(data))
+        return
 
     sizes = [(int(s), int(s)) for s in args.img_size.split(",")]
     runs = []
@@ -70,7 +75,10 @@ def summary(data: dict) -> str:
              f"torch {m['torch']}, onnxruntime {m.get('onnxruntime', '-')}, {m['os']}; "
              f"warm-up {data['settings']['warmup']}, {data['settings']['seconds']} s per combination, threads "
              f"{data['settings']['threads'] or 'default'}.", "",
-             "| backend | precision | batch | size | median ms | p90 ms | p99 ms | images/s | peak RSS MiB | spread of repeats |",
+             "| backend | precision | batch | size | median ms | p90 ms | p99 ms | images/s | peak RSS MiB | spread of repeats |"
+             if not any("repeat_medians_ms" in r for r in data["results"]) else
+             "| backend | precision | batch | size | median ms (median of repeats) | p90 ms (1st repeat) | p99 ms (1st repeat) "
+             "| images/s | peak RSS MiB | per-repeat medians |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     base = {}
     for r in data["results"]:
