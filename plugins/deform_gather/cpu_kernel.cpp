@@ -7,32 +7,157 @@
 //    the position is ((H-1)/2 +- 1/2, (W-1)/2 +- 1/2). Instead of resizing the whole table, the rows
 //    and columns actually touched (found from the min/max of ty, tx, so no assumption is baked in)
 //    are resized: a window of at most a few pixels per channel.
-// 3. Per (b, c) plane, in parallel: 4 taps into x plus 4 taps into the window per output pixel.
+// 3. Per (b, block of channels), in parallel: 4 taps into x plus 4 taps into the window per output
+//    pixel. The per-pixel taps are stored as a structure of arrays; with AVX-512 (float32, picked at
+//    run time unless the build targets it) 16 pixels go per vector, the taps of a pixel block stay in
+//    registers across the block's channels, x is read with gathers and a channel's window (at most
+//    3 x 3 in practice) sits in one register and is read with permutes. Same float32 operations in
+//    the same order as the scalar path, no FMA: bitwise the scalar results (NaN payloads aside).
 #include "cpu_kernel.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__AVX512F__) || !defined(DEFMAMBA_NO_ISA_DISPATCH))
+#include <immintrin.h>
+#define DM_GATHER_AVX512 1
+#endif
 
 namespace defmamba {
 namespace {
 
 namespace dm = math;
 
-struct PixelTaps {
-  int32_t xi[4];  // flat indices into an (H, W) plane of x
-  float xw[4];
-  int32_t ti[4];  // flat indices into the resized-table window of one channel
-  float tw[4];
-};
+// Per-pixel geometry of one batch, structure of arrays (so that the gather loop reads 16 pixels with
+// one vector load per field): idx[k * HW + p] / w[k * HW + p] for k = 0..3 the taps into x (flat
+// index into an (H, W) plane), k = 4..7 the taps into the resized-table window of one channel.
+constexpr int64_t kFields = 8;
 
-constexpr double kPlaneGrain = 1 << 16;  // output elements per task (about)
-constexpr int64_t kChannelBlock = 4;     // channels sharing one pass over the per-pixel taps
+constexpr double kPlaneGrain = 1 << 14;  // output elements per task (about)
+constexpr int64_t kChannelBlock = 4;     // channels sharing one pass over the per-pixel taps (scalar path)
+
+// Scalar gather of channels [c_begin, c_end) of one batch (any T, any CPU).
+template <typename T>
+void gather_scalar(const T* x_b, T* out_b, const int32_t* gi, const float* gw, const float* window, int64_t wsize,
+                   int64_t HW, int64_t c_begin, int64_t c_end) {
+  for (int64_t c = c_begin; c < c_end;) {
+    const int64_t nc = std::min<int64_t>(kChannelBlock, c_end - c);
+    for (int64_t p = 0; p < HW; ++p) {
+      const int32_t xi0 = gi[0 * HW + p], xi1 = gi[1 * HW + p], xi2 = gi[2 * HW + p], xi3 = gi[3 * HW + p];
+      const int32_t ti0 = gi[4 * HW + p], ti1 = gi[5 * HW + p], ti2 = gi[6 * HW + p], ti3 = gi[7 * HW + p];
+      const float xw0 = gw[0 * HW + p], xw1 = gw[1 * HW + p], xw2 = gw[2 * HW + p], xw3 = gw[3 * HW + p];
+      const float tw0 = gw[4 * HW + p], tw1 = gw[5 * HW + p], tw2 = gw[6 * HW + p], tw3 = gw[7 * HW + p];
+      for (int64_t k = 0; k < nc; ++k) {
+        const T* xk = x_b + (c + k) * HW;
+        const float* wk = window + (c + k) * wsize;
+        const float sampled = xw0 * dm::to_f32(xk[xi0]) + xw1 * dm::to_f32(xk[xi1]) + xw2 * dm::to_f32(xk[xi2]) +
+                              xw3 * dm::to_f32(xk[xi3]);
+        const float bias = tw0 * wk[ti0] + tw1 * wk[ti1] + tw2 * wk[ti2] + tw3 * wk[ti3];
+        out_b[(c + k) * HW + p] = dm::from_f32<T>(sampled + bias);
+      }
+    }
+    c += nc;
+  }
+}
+
+#if defined(DM_GATHER_AVX512)
+// AVX-512 gather of channels [c_begin, c_end) of one batch, float32: 16 pixels per vector, the
+// geometry of a pixel block held in registers across the channels. The taps into x are gathers; the
+// bias window of a channel (wsize <= 16 floats) sits in one register and its taps are permutes
+// (kWindowInReg), otherwise gathers too. The arithmetic is the scalar path's, element for element:
+// ((w0*v0 + w1*v1) + w2*v2) + w3*v3 for both sums, then sampled + bias, each operation rounded on its
+// own. The explicitly rounded intrinsics (round to nearest, as the default MXCSR mode) keep the
+// compiler from contracting them into FMAs (-ffp-contract=fast), so the results are bitwise those of
+// the scalar path as built for baseline x86-64 (no FMA).
+#define DM_RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+template <bool kWindowInReg>
+__attribute__((target("avx512f"))) void gather_avx512(const float* x_b, float* out_b, const int32_t* gi,
+                                                      const float* gw, const float* window, int64_t wsize,
+                                                      int64_t W, int64_t HW, int64_t c_begin, int64_t c_end) {
+  const __mmask16 wmask = static_cast<__mmask16>(wsize >= 16 ? 0xffffu : (1u << wsize) - 1u);
+  const __m512 zero = _mm512_setzero_ps();
+  const __mmask16 all = 0xffff;  // the maskz_ forms avoid GCC 12's -Wmaybe-uninitialized in the plain ones
+  const int64_t pf_ahead = W + 64;
+  for (int64_t p = 0; p < HW; p += 16) {
+    const int64_t n = HW - p < 16 ? HW - p : 16;
+    const __mmask16 m = static_cast<__mmask16>(n == 16 ? 0xffffu : (1u << n) - 1u);
+    const __m512i xi0 = _mm512_maskz_loadu_epi32(m, gi + 0 * HW + p), xi1 = _mm512_maskz_loadu_epi32(m, gi + 1 * HW + p);
+    const __m512i xi2 = _mm512_maskz_loadu_epi32(m, gi + 2 * HW + p), xi3 = _mm512_maskz_loadu_epi32(m, gi + 3 * HW + p);
+    const __m512i ti0 = _mm512_maskz_loadu_epi32(m, gi + 4 * HW + p), ti1 = _mm512_maskz_loadu_epi32(m, gi + 5 * HW + p);
+    const __m512i ti2 = _mm512_maskz_loadu_epi32(m, gi + 6 * HW + p), ti3 = _mm512_maskz_loadu_epi32(m, gi + 7 * HW + p);
+    const __m512 xw0 = _mm512_maskz_loadu_ps(m, gw + 0 * HW + p), xw1 = _mm512_maskz_loadu_ps(m, gw + 1 * HW + p);
+    const __m512 xw2 = _mm512_maskz_loadu_ps(m, gw + 2 * HW + p), xw3 = _mm512_maskz_loadu_ps(m, gw + 3 * HW + p);
+    const __m512 tw0 = _mm512_maskz_loadu_ps(m, gw + 4 * HW + p), tw1 = _mm512_maskz_loadu_ps(m, gw + 5 * HW + p);
+    const __m512 tw2 = _mm512_maskz_loadu_ps(m, gw + 6 * HW + p), tw3 = _mm512_maskz_loadu_ps(m, gw + 7 * HW + p);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const float* xc = x_b + c * HW;
+      const float* wc = window + c * wsize;
+      // the taps of this block lie in rows i-1 .. i+2 around the block: fetch the lower row ahead
+      _mm_prefetch(reinterpret_cast<const char*>(xc + p + pf_ahead), _MM_HINT_T0);
+      const __m512 v0 = _mm512_mask_i32gather_ps(zero, m, xi0, xc, 4);
+      const __m512 v1 = _mm512_mask_i32gather_ps(zero, m, xi1, xc, 4);
+      const __m512 v2 = _mm512_mask_i32gather_ps(zero, m, xi2, xc, 4);
+      const __m512 v3 = _mm512_mask_i32gather_ps(zero, m, xi3, xc, 4);
+      __m512 u0, u1, u2, u3;
+      if (kWindowInReg) {
+        const __m512 win = _mm512_maskz_loadu_ps(wmask, wc);
+        u0 = _mm512_maskz_permutexvar_ps(all, ti0, win);
+        u1 = _mm512_maskz_permutexvar_ps(all, ti1, win);
+        u2 = _mm512_maskz_permutexvar_ps(all, ti2, win);
+        u3 = _mm512_maskz_permutexvar_ps(all, ti3, win);
+      } else {
+        u0 = _mm512_mask_i32gather_ps(zero, m, ti0, wc, 4);
+        u1 = _mm512_mask_i32gather_ps(zero, m, ti1, wc, 4);
+        u2 = _mm512_mask_i32gather_ps(zero, m, ti2, wc, 4);
+        u3 = _mm512_mask_i32gather_ps(zero, m, ti3, wc, 4);
+      }
+      __m512 s = _mm512_maskz_mul_round_ps(all, xw0, v0, DM_RN);
+      s = _mm512_maskz_add_round_ps(all, s, _mm512_maskz_mul_round_ps(all, xw1, v1, DM_RN), DM_RN);
+      s = _mm512_maskz_add_round_ps(all, s, _mm512_maskz_mul_round_ps(all, xw2, v2, DM_RN), DM_RN);
+      s = _mm512_maskz_add_round_ps(all, s, _mm512_maskz_mul_round_ps(all, xw3, v3, DM_RN), DM_RN);
+      __m512 t = _mm512_maskz_mul_round_ps(all, tw0, u0, DM_RN);
+      t = _mm512_maskz_add_round_ps(all, t, _mm512_maskz_mul_round_ps(all, tw1, u1, DM_RN), DM_RN);
+      t = _mm512_maskz_add_round_ps(all, t, _mm512_maskz_mul_round_ps(all, tw2, u2, DM_RN), DM_RN);
+      t = _mm512_maskz_add_round_ps(all, t, _mm512_maskz_mul_round_ps(all, tw3, u3, DM_RN), DM_RN);
+      _mm512_mask_storeu_ps(out_b + c * HW + p, m, _mm512_maskz_add_round_ps(all, s, t, DM_RN));
+    }
+  }
+}
+#undef DM_RN
+
+bool have_avx512() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+#endif
+}
+#endif
+
+template <typename T>
+void gather_channels(const T* x_b, T* out_b, const int32_t* gi, const float* gw, const float* window, int64_t wsize,
+                     int64_t W, int64_t HW, int64_t c_begin, int64_t c_end) {
+#if defined(DM_GATHER_AVX512)
+  if constexpr (std::is_same<T, float>::value) {
+    if (have_avx512()) {
+      if (wsize <= 16)
+        gather_avx512<true>(x_b, out_b, gi, gw, window, wsize, W, HW, c_begin, c_end);
+      else
+        gather_avx512<false>(x_b, out_b, gi, gw, window, wsize, W, HW, c_begin, c_end);
+      return;
+    }
+  }
+#endif
+  gather_scalar(x_b, out_b, gi, gw, window, wsize, HW, c_begin, c_end);
+}
 
 }  // namespace
-
 template <typename T>
 void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, const T* rpe_table, T* feat,
                        const Parallel& par) {
@@ -41,7 +166,8 @@ void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, 
   if (Bt <= 0 || Ch <= 0 || H < 2 || W < 2 || Th <= 0 || Tw <= 0) return;
 
   // ---- 1. per-pixel geometry ------------------------------------------------------------------
-  std::vector<PixelTaps> taps(static_cast<size_t>(Bt * HW));
+  std::vector<int32_t> geo_i(static_cast<size_t>(Bt * kFields * HW));
+  std::vector<float> geo_w(static_cast<size_t>(Bt * kFields * HW));
   std::vector<float> tyx(static_cast<size_t>(Bt * HW * 2));
   // per-row min/max of ty and tx (NaN positions are skipped; they sample zeros)
   const float inf = std::numeric_limits<float>::infinity();
@@ -54,10 +180,11 @@ void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, 
     for (int64_t j = 0; j < W; ++j) {
       const dm::DeformPoint p = dm::deform_point(i, j, H, W, dm::to_f32(off_y[j]), dm::to_f32(off_x[j]));
       const dm::BilinearTaps xt = dm::bilinear_taps_zero_pad(H, W, p.py, p.px);
-      PixelTaps& pt = taps[static_cast<size_t>(b * HW + i * W + j)];
+      int32_t* gi = geo_i.data() + b * kFields * HW + i * W + j;
+      float* gw = geo_w.data() + b * kFields * HW + i * W + j;
       for (int k = 0; k < 4; ++k) {
-        pt.xi[k] = static_cast<int32_t>(xt.idx[k]);
-        pt.xw[k] = xt.w[k];
+        gi[k * HW] = static_cast<int32_t>(xt.idx[k]);
+        gw[k * HW] = xt.w[k];
       }
       float* q = &tyx[static_cast<size_t>((b * HW + i * W + j) * 2)];
       q[0] = p.ty;
@@ -113,18 +240,21 @@ void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, 
     for (int64_t p = first; p < first + W; ++p) {
       const float* q = &tyx[static_cast<size_t>(p * 2)];
       const dm::BilinearTaps tt = dm::bilinear_taps_zero_pad(H, W, q[0], q[1]);
-      PixelTaps& pt = taps[static_cast<size_t>(p)];
+      const int64_t b = p / HW, pix = p % HW;
+      int32_t* gi = geo_i.data() + (b * kFields + 4) * HW + pix;
+      float* gw = geo_w.data() + (b * kFields + 4) * HW + pix;
       for (int k = 0; k < 4; ++k) {
         const int64_t row = tt.idx[k] / W, col = tt.idx[k] % W;
         const bool inside = tt.w[k] != 0.0f && row >= r0 && row <= r1 && col >= c0 && col <= c1;
-        pt.ti[k] = inside ? static_cast<int32_t>((row - r0) * ww + (col - c0)) : 0;
-        pt.tw[k] = inside ? tt.w[k] : 0.0f;
+        gi[k * HW] = inside ? static_cast<int32_t>((row - r0) * ww + (col - c0)) : 0;
+        gw[k * HW] = inside ? tt.w[k] : 0.0f;
       }
     }
   });
 
-  // ---- 3. gather, per (b, c) plane; up to kChannelBlock planes of one batch share a pass over the
-  //         per-pixel taps ------------------------------------------------------------------------------
+  // ---- 3. gather, per (b, block of channels): all pixels of the block's planes, the per-pixel taps
+  //         shared by the channels of the block ---------------------------------------------------
+  const int64_t wsize = wh * ww;
   const size_t planes = static_cast<size_t>(Bt * Ch);
   const size_t n_tasks = task_count(planes, static_cast<double>(HW), kPlaneGrain);
   par.for_each(n_tasks, [&](size_t task) {
@@ -132,31 +262,10 @@ void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, 
     split_range(planes, n_tasks, task, &p_begin, &p_end);
     for (size_t pl = p_begin; pl < p_end;) {
       const int64_t b = static_cast<int64_t>(pl) / Ch, c = static_cast<int64_t>(pl) % Ch;
-      // channels c .. c+nc-1 of batch b (stay within the task and the batch)
-      const int64_t nc = std::min<int64_t>({kChannelBlock, Ch - c, static_cast<int64_t>(p_end - pl)});
-      const PixelTaps* tp = taps.data() + b * HW;
-      const T* xp[kChannelBlock];
-      const float* win[kChannelBlock];
-      T* out[kChannelBlock];
-      for (int64_t k = 0; k < kChannelBlock; ++k) {
-        const int64_t kk = k < nc ? k : nc - 1;  // pad the block by repeating the last channel
-        xp[k] = x + (static_cast<int64_t>(pl) + kk) * HW;
-        win[k] = window.data() + (c + kk) * wh * ww;
-        out[k] = feat + (static_cast<int64_t>(pl) + kk) * HW;
-      }
-      for (int64_t p = 0; p < HW; ++p) {
-        const PixelTaps& t = tp[p];
-        for (int64_t k = 0; k < nc; ++k) {
-          const T* xk = xp[k];
-          const float* wk = win[k];
-          const float sampled = t.xw[0] * dm::to_f32(xk[t.xi[0]]) + t.xw[1] * dm::to_f32(xk[t.xi[1]]) +
-                                t.xw[2] * dm::to_f32(xk[t.xi[2]]) + t.xw[3] * dm::to_f32(xk[t.xi[3]]);
-          const float bias =
-              t.tw[0] * wk[t.ti[0]] + t.tw[1] * wk[t.ti[1]] + t.tw[2] * wk[t.ti[2]] + t.tw[3] * wk[t.ti[3]];
-          out[k][p] = dm::from_f32<T>(sampled + bias);
-        }
-      }
-      pl += static_cast<size_t>(nc);
+      const int64_t c_end = std::min<int64_t>(Ch, c + static_cast<int64_t>(p_end - pl));  // within the batch
+      gather_channels<T>(x + b * Ch * HW, feat + b * Ch * HW, geo_i.data() + b * kFields * HW,
+                         geo_w.data() + b * kFields * HW, window.data(), wsize, W, HW, c, c_end);
+      pl += static_cast<size_t>(c_end - c);
     }
   });
 }

@@ -209,6 +209,9 @@ int main() {
   check_gather(2, 3, 5, 7, 7, 7, rng);
   check_gather(1, 2, 2, 2, 3, 5, rng);
   check_gather(1, 4, 14, 9, 7, 7, rng);
+  check_gather(2, 5, 4, 4, 7, 7, rng);     // exactly one 16-pixel block
+  check_gather(3, 37, 9, 11, 7, 7, rng);   // 6 full blocks + a 3-pixel tail, channel blocks across batches
+  check_gather(1, 6, 3, 50, 20, 2, rng);   // wide rows, large table
   if (g_failures) {
     std::fprintf(stderr, "%d failure(s)\n", g_failures);
     return 1;
