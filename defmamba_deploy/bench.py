@@ -222,13 +222,11 @@ def _ort_factory(portable: bool):
             runner = OrtRunner(path, threads=threads)
         except MissingDependencyError as e:
             raise Skip(str(e)) from None
-        providers = runner.session.get_providers()
-
         def make(x: np.ndarray):
             feed = {runner.input_name: runner.check_input(x)}
             return lambda: runner.session.run(runner.output_names, feed)
 
-        return make, None, None if "CUDAExecutionProvider" not in providers else None
+        return make, None, None  # host RSS only: ORT's device memory is not exposed per session
 
     return factory
 
