@@ -151,3 +151,24 @@ def test_parity_random_init_matches_export(lib, tmp_path):
     path = export_onnx("t", img_size=(48, 48), output=tmp_path / "r.onnx").path
     report = run_parity("t", onnx=path, backends=["ort"], samples=1, img_size=(48, 48), batches=(1,))
     assert report.passed
+
+
+def test_dynamic_shape_and_backbone_exports_run(lib, tmp_path):
+    """One dynamic-shape file serves several sizes; the backbone export returns the 4 maps."""
+    m = dd.create_model("t", seed=0)
+    path = export_onnx("t", img_size=(64, 64), dynamic="shape", output=tmp_path / "d.onnx").path
+    runner = OrtRunner(path)
+    for shape in [(1, 3, 64, 64), (2, 3, 96, 128), (1, 3, 160, 96)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        with torch.inference_mode():
+            ref = m(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(runner(x), ref, atol=1e-4, rtol=1e-3)
+    res = export_onnx("t", img_size=(64, 96), dynamic="shape", backbone=True, output=tmp_path / "bb.onnx")
+    assert [o["shape"][1] for o in res.sidecar["outputs"]] == [48, 96, 192, 384]
+    outs = OrtRunner(res.path).run(np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32))
+    with torch.inference_mode():
+        refs = dd.create_model("t", seed=0, backbone=True)(torch.from_numpy(
+            np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32)))
+    assert [o.shape for o in outs] == [(2, 48, 24, 16), (2, 96, 12, 8), (2, 192, 6, 4), (2, 384, 3, 2)]
+    for o, r in zip(outs, refs):
+        np.testing.assert_allclose(o, r.numpy(), atol=1e-4, rtol=1e-3)

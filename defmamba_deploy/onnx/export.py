@@ -139,6 +139,12 @@ def export_onnx(
                 dynamic_axes=axes or None, opset_version=opset, custom_opsets={DOMAIN: VERSION}, do_constant_folding=True,
             )
         proto = onnx.load(str(raw))
+    # the exporter names static output dims it could not infer through the custom ops: pin them
+    channels = list(net.cfg.dims) if backbone else [net.cfg.num_classes]
+    for out_vi, c in zip(proto.graph.output, channels):
+        dim = out_vi.type.tensor_type.shape.dim[1]
+        dim.Clear()
+        dim.dim_value = c
     if portable:
         from .portable import expand_custom_ops
 
