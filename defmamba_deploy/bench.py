@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import DefMambaError, MissingDependencyError, UsageError
+from .errors import MissingDependencyError, UsageError
 
 BACKENDS = ("torch", "ort", "ort-portable", "trt")
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -5,7 +5,6 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-import defmamba_deploy as dd
 from defmamba_deploy import bench as B
 from defmamba_deploy.cli import app
 from defmamba_deploy.onnx import export_onnx

@@ -1,7 +1,6 @@
 """ONNX export: custom-op graph validity, dynamic shapes, sidecar, atomic writes, file checks."""
 import json
 
-import numpy as np
 import onnx
 import pytest
 

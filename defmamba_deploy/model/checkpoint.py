@@ -115,7 +115,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def _torch_load(path: Path, unsafe_pickle: bool) -> object:
     if unsafe_pickle:
-        warnings.warn(f"--unsafe-pickle: {path} is unpickled with full Python object loading; only do this for files you trust")
+        warnings.warn(f"--unsafe-pickle: {path} is unpickled with full Python object loading; only do this for files you trust", stacklevel=3)
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
