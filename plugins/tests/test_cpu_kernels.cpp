@@ -13,19 +13,11 @@
 #include "selective_scan/cpu_kernel.h"
 #include "token_sort/cpu_kernel.h"
 
+#include "expect.h"
+
 using namespace defmamba;
 namespace dm = defmamba::math;
 
-static int g_failures = 0;
-#define EXPECT(cond, ...)                                       \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      ++g_failures;                                             \
-    }                                                           \
-  } while (0)
 
 template <typename T>
 static std::vector<T> cast_vec(const std::vector<float>& v) {

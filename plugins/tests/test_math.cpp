@@ -9,19 +9,9 @@
 #include <cstdlib>
 #include <limits>
 
+#include "expect.h"
+
 namespace dm = defmamba::math;
-
-static int g_failures = 0;
-
-#define EXPECT(cond, ...)                           \
-  do {                                              \
-    if (!(cond)) {                                  \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);            \
-      std::fprintf(stderr, "\n");                   \
-      ++g_failures;                                 \
-    }                                               \
-  } while (0)
 
 // error in units of the float32 ulp of the exact (double) value
 static double ulp_error(float got, double exact) {
