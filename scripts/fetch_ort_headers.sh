@@ -10,8 +10,6 @@
 # Idempotent: does nothing when the headers are already there (use --force to refetch).
 set -euo pipefail
 
-die() { echo "fetch_ort_headers: error: $*" >&2; exit 1; }
-
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pkg="${ORT_NPM_PACKAGE:-com.github.asus4.onnxruntime@0.4.9}"
 deps_dir="${DEFMAMBA_DEPS_DIR:-$repo_root/.deps}"
@@ -19,18 +17,11 @@ dest="$deps_dir/onnxruntime/include"
 required=(onnxruntime_c_api.h onnxruntime_cxx_api.h onnxruntime_cxx_inline.h onnxruntime_float16.h
           onnxruntime_lite_custom_op.h)
 
-force=0
-case "${1:-}" in
-  --force) force=1 ;;
-  "") ;;
-  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-  *) die "unknown argument '$1' (only --force is accepted)" ;;
-esac
-
-have_all() {
-  local f
-  for f in "${required[@]}"; do [[ -f "$dest/$f" ]] || return 1; done
-}
+tool=fetch_ort_headers
+help_lines=2,11p
+# shellcheck source=lib/fetch_common.sh
+source "$repo_root/scripts/lib/fetch_common.sh"
+parse_args "$@"
 
 if [[ $force -eq 0 ]] && have_all; then
   echo "fetch_ort_headers: headers already present in $dest (use --force to refetch)"

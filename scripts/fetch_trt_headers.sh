@@ -13,8 +13,6 @@
 # Idempotent: does nothing when the headers are already there (use --force to refetch).
 set -euo pipefail
 
-die() { echo "fetch_trt_headers: error: $*" >&2; exit 1; }
-
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 spec="${TRT_HEADERS_PIP_SPEC:-kernel-lens==2.0.1}"
 deps_dir="${DEFMAMBA_DEPS_DIR:-$repo_root/.deps}"
@@ -24,18 +22,11 @@ py="${PYTHON:-python3}"
 required=(NvInfer.h NvInferRuntime.h NvInferRuntimeBase.h NvInferRuntimeCommon.h NvInferRuntimePlugin.h
           NvInferPluginBase.h NvInferImpl.h NvInferLegacyDims.h NvInferVersion.h)
 
-force=0
-case "${1:-}" in
-  --force) force=1 ;;
-  "") ;;
-  -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-  *) die "unknown argument '$1' (only --force is accepted)" ;;
-esac
-
-have_all() {
-  local f
-  for f in "${required[@]}"; do [[ -f "$dest/$f" ]] || return 1; done
-}
+tool=fetch_trt_headers
+help_lines=2,14p
+# shellcheck source=lib/fetch_common.sh
+source "$repo_root/scripts/lib/fetch_common.sh"
+parse_args "$@"
 
 trt_version() {
   local h="$1/NvInferVersion.h" major minor patch
