@@ -130,6 +130,78 @@ DM_HD float exp_f32(float x) {
   return (e * s1) * s2;
 }
 
+#if !defined(__CUDACC__)
+// 2^x in float32 for the CPU scan's decay factors, exp(dt * A) = 2^(dt * (A * log2 e)): a 16-entry
+// table of 2^(j/16) and a degree-3 polynomial on |r| <= 1/32 (fewer operations than exp_f32's
+// degree-7 polynomial; the recurrence evaluates one per state update). x = m + j/16 + r with m, j
+// integers taken from x + 1.5 * 2^19 (which rounds x to a multiple of 1/16; r = x - (m + j/16) is
+// exact), then 2^x = (T[j] + T[j] * q(r)) * 2^m, the power of two applied in two factors so that the
+// result rounds once (subnormal results included), like vscalefps does in the AVX-512 kernel.
+// Accuracy: <= 2 ulp over the normal range (plugins/tests/test_math.cpp); 2^(-inf) = 0,
+// 2^(+inf) = +inf, NaN -> NaN; x < -150 gives 0 and x >= 128 gives +inf. Host only (the CUDA kernel
+// uses exp_f32: a table indexed per lane is a poor fit for a GPU).
+constexpr float kExp2Table16[16] = {
+    0x1.000000p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f, 0x1.3dea64p+0f,
+    0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+    0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};  // 2^(j/16), rounded to float
+constexpr float kExp2Magic = 786432.0f;  // 1.5 * 2^19: x + magic rounds x to a multiple of 1/16
+constexpr float kExp2C1 = 0.693147180559945f, kExp2C2 = 0.240226506959101f, kExp2C3 = 0.0555041086648216f;
+
+inline float exp2_table_f32(float x) {
+  x = x < -160.0f ? -160.0f : x;  // keeps NaN
+  x = x > 160.0f ? 160.0f : x;
+  const float t = x + kExp2Magic;
+  const float n = t - kExp2Magic;  // x rounded to a multiple of 1/16
+  const float r = x - n;           // exact, |r| <= 1/32
+  const uint32_t tb = f32_to_bits(t);
+  const float T = kExp2Table16[tb & 15u];
+  const float q = ((kExp2C3 * r + kExp2C2) * r + kExp2C1) * r;
+  const float e = T * q + T;
+  const int32_t m = static_cast<int32_t>(tb - f32_to_bits(kExp2Magic)) >> 4;  // floor(n), in [-160, 160]
+  const int32_t m1 = m >> 1;
+  const int32_t m2 = m - m1;
+  const float s1 = bits_to_f32(static_cast<uint32_t>(m1 + 127) << 23);
+  const float s2 = bits_to_f32(static_cast<uint32_t>(m2 + 127) << 23);
+  return (e * s1) * s2;
+}
+
+// e^x for x <= 0 on the same table: n = x log2(e) rounded to a multiple of 1/16, r = x - n ln2 with
+// ln2 in two parts (n * kLn2Hi is exact: n has <= 12 significant bits, kLn2Hi 9), e^r by its
+// degree-3 Taylor polynomial (|r| <= ln2/32: error 1e-8). Exact to <= 2 ulp like exp2_table_f32;
+// x < -160 gives 0, NaN -> NaN.
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+inline float exp_neg_table_f32(float x) {
+  x = x < -160.0f ? -160.0f : x;  // keeps NaN
+  const float t = x * 1.44269504088896341f + kExp2Magic;
+  const float n = t - kExp2Magic;
+  float r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  const uint32_t tb = f32_to_bits(t);
+  const float T = kExp2Table16[tb & 15u];
+  const float q = ((0.166666672f * r + 0.5f) * r + 1.0f) * r;
+  const float e = T * q + T;
+  const int32_t m = static_cast<int32_t>(tb - f32_to_bits(kExp2Magic)) >> 4;  // in [-231, 0]
+  const int32_t m1 = m >> 1;
+  const int32_t m2 = m - m1;
+  return (e * bits_to_f32(static_cast<uint32_t>(m1 + 127) << 23)) * bits_to_f32(static_cast<uint32_t>(m2 + 127) << 23);
+}
+
+// softplus for the CPU scan without divisions: max(v, 0) + log1p(w), w = e^-|v| in (0, 1], with
+// log1p(w) = w P(w) and P a degree-9 least-squares fit of log1p(w)/w on [0, 1] (P(0) = 1, so a tiny
+// w gives exactly w). <= 3 ulp against log1p(exp(v)) in double (plugins/tests/test_math.cpp), like
+// softplus_f32; v >= 17 gives exactly v, v = +inf gives +inf, NaN -> NaN.
+constexpr float kLog1pP[10] = {-0.003256378462538123f, 0.019907161593437195f, -0.057064201682806015f,
+                               0.10614264756441116f,   -0.15311862528324127f, 0.19678117334842682f,
+                               -0.24954558908939362f,  0.33330005407333374f,  -0.4999990463256836f,
+                               1.0f};
+inline float softplus_table_f32(float v) {
+  const float w = exp_neg_table_f32(v < 0.0f ? v : -v);  // e^-|v| (NaN stays NaN)
+  float p = kLog1pP[0];
+  for (int i = 1; i < 10; ++i) p = p * w + kLog1pP[i];
+  return w * p + (v > 0.0f ? v : 0.0f);
+}
+#endif
+
 // log1p in float32 for z > -1 (vectorisable; FreeBSD/musl log1pf algorithm made branch-free).
 // Accuracy ~1 ulp; log1p(+inf) = +inf is not needed by the kernels and not guaranteed.
 DM_HD float log1p_f32(float z) {

@@ -166,6 +166,20 @@ DM_ALWAYS_INLINE V int_to_float(VI k) {
 // (v)minps(hi, x), which return their second operand when either is NaN, and the 16-lane scale onto
 // vscalefps. The x86 overloads carry their own target attribute: they are inlined once the
 // ISA-generic templates have been inlined into the matching target("...") function.
+// Generic form of lookup16 (tab: 16 floats spread over 16 / W vectors): one lane at a time.
+template <typename V>
+DM_ALWAYS_INLINE V lookup16(const V* tab, V idx) {
+  if constexpr (std::is_same<V, float>::value) {
+    return dm::kExp2Table16[dm::f32_to_bits(idx) & 15u];
+  } else {
+    constexpr int W = sizeof(V) / sizeof(float);
+    float t[16], ix[W], out[W];
+    std::memcpy(t, tab, sizeof(t));
+    std::memcpy(ix, &idx, sizeof(ix));
+    for (int l = 0; l < W; ++l) out[l] = t[dm::f32_to_bits(ix[l]) & 15u];
+    return vload<V>(out);
+  }
+}
 template <typename V>
 DM_ALWAYS_INLINE V clamp_below(V x, V lo) {
   return x < lo ? lo : x;
@@ -195,6 +209,18 @@ DM_ALWAYS_INLINE V clamp_above(V x, V hi) {
 }
 [[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 scale_pow2(VecF16 e, VecF16 n) {
   return reinterpret_cast<VecF16>(_mm512_mask_scalef_ps(e, static_cast<__mmask16>(0xffff), e, n));
+}
+// lookup16(tab, i) = the 16-entry table tab[bits of i & 15] per lane (exp2's 2^(j/16)).
+[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 lookup16(const VecF16* tab, VecF16 idx) {
+  const __m512 t = reinterpret_cast<__m512>(tab[0]);
+  return reinterpret_cast<VecF16>(
+      _mm512_maskz_permutexvar_ps(static_cast<__mmask16>(0xffff), reinterpret_cast<__m512i>(idx), t));
+}
+[[maybe_unused]] __attribute__((target("avx2"))) inline VecF8 lookup16(const VecF8* tab, VecF8 idx) {
+  const __m256i i = reinterpret_cast<__m256i>(idx);
+  const __m256 lo = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(tab[0]), i);  // low 3 bits
+  const __m256 hi = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(tab[1]), i);
+  return reinterpret_cast<VecF8>(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(i, 28))));  // bit 3
 }
 #endif
 
@@ -238,6 +264,47 @@ DM_ALWAYS_INLINE void vexp(typename Simd<W>::F* x) {
   }
 }
 
+// 2^x per lane: dm::exp2_table_f32 (same operations in the same order). tab: the 2^(j/16) table in
+// 16 / W vectors (Exp2Table<W>). kClamp = false skips the clamps to [-160, 160]; only for the 16-lane
+// scale_pow2 form and |x| < 2^17 (then x + magic still rounds x to a multiple of 1/16 and vscalefps
+// applies any power of two with one rounding: the same result as with the clamps).
+template <int W>
+struct Exp2Table {
+  typename Simd<W>::F v[W >= 16 ? 1 : 16 / W];
+  Exp2Table() { std::memcpy(v, dm::kExp2Table16, sizeof(v)); }
+};
+
+template <int W, bool kScalef, bool kClamp>
+DM_ALWAYS_INLINE typename Simd<W>::F vexp2(typename Simd<W>::F x, const Exp2Table<W>& tab) {
+  typedef typename Simd<W>::F V;
+  typedef typename Simd<W>::I VI;
+  static_assert(kClamp || kScalef, "unclamped exp2 needs scale_pow2");
+  const V magic = vsplat<V>(dm::kExp2Magic);
+#if defined(DM_SCAN_X86_PRIMITIVES)
+  // x = dt * a is rounded once, as in exp2_table_f32: keeps the compiler from contracting the product
+  // into x + magic and x - n (two FMAs instead of a multiply and two additions: slower on CPUs whose
+  // additions and FMAs issue to different pipes, e.g. Zen 4)
+  asm("" : "+v"(x));
+#endif
+  if constexpr (kClamp) {
+    x = clamp_below(x, vsplat<V>(-160.0f));  // keeps NaN
+    x = clamp_above(x, vsplat<V>(160.0f));
+  }
+  const V t = x + magic;
+  const V n = t - magic;
+  const V r = x - n;
+  const V T = lookup16(tab.v, t);
+  const V q = ((vsplat<V>(dm::kExp2C3) * r + dm::kExp2C2) * r + dm::kExp2C1) * r;
+  const V e = T * q + T;
+#if defined(DM_SCAN_X86_PRIMITIVES)
+  if constexpr (kScalef) return scale_pow2(e, n);  // e * 2^floor(n)
+#endif
+  const VI m = (bit_cast<VI>(t) - bit_cast<VI>(magic)) >> 4;  // floor(n), arithmetic shift
+  const VI m1 = m >> 1;
+  const VI m2 = m - m1;
+  return (e * bit_cast<V>((m1 + 127) << 23)) * bit_cast<V>((m2 + 127) << 23);
+}
+
 // z[k] = log1p(z[k]) for z > -1.
 template <int K, int W>
 DM_ALWAYS_INLINE void vlog1p(typename Simd<W>::F* z) {
@@ -279,6 +346,42 @@ DM_ALWAYS_INLINE void vsoftplus(typename Simd<W>::F* v) {
   vexp<K, W, kScalef>(sp);
   vlog1p<K, W>(sp);
   DM_EACH(K) v[k_] = v[k_] > 20.0f ? v[k_] : sp[k_];
+}
+
+// v[k] = softplus(v[k]) per lane: dm::softplus_table_f32 (same operations in the same order).
+template <int K, int W, bool kScalef>
+DM_ALWAYS_INLINE void vsoftplus_table(typename Simd<W>::F* v, const Exp2Table<W>& tab) {
+  typedef typename Simd<W>::F V;
+  typedef typename Simd<W>::I VI;
+  const V magic = vsplat<V>(dm::kExp2Magic);
+  V z[K], t[K], n[K], r[K], w[K], p[K];
+  DM_EACH(K) z[k_] = v[k_] < 0.0f ? v[k_] : -v[k_];  // -|v|, NaN stays NaN
+  DM_EACH(K) z[k_] = clamp_below(z[k_], vsplat<V>(-160.0f));
+  DM_EACH(K) t[k_] = z[k_] * 1.44269504088896341f + magic;
+  DM_EACH(K) n[k_] = t[k_] - magic;
+  DM_EACH(K) r[k_] = z[k_] - n[k_] * dm::kLn2Hi;
+  DM_EACH(K) r[k_] = r[k_] - n[k_] * dm::kLn2Lo;
+  DM_EACH(K) {
+    const V T = lookup16(tab.v, t[k_]);
+    const V q = ((vsplat<V>(0.166666672f) * r[k_] + 0.5f) * r[k_] + 1.0f) * r[k_];
+    w[k_] = T * q + T;
+  }
+#if defined(DM_SCAN_X86_PRIMITIVES)
+  if constexpr (kScalef) {
+    DM_EACH(K) w[k_] = scale_pow2(w[k_], n[k_]);
+  } else
+#endif
+  {
+    DM_EACH(K) {
+      const VI m = (bit_cast<VI>(t[k_]) - bit_cast<VI>(magic)) >> 4;
+      const VI m1 = m >> 1;
+      const VI m2 = m - m1;
+      w[k_] = (w[k_] * bit_cast<V>((m1 + 127) << 23)) * bit_cast<V>((m2 + 127) << 23);
+    }
+  }
+  DM_EACH(K) p[k_] = vsplat<V>(dm::kLog1pP[0]);
+  for (int i = 1; i < 10; ++i) DM_EACH(K) p[k_] = p[k_] * w[k_] + dm::kLog1pP[i];
+  DM_EACH(K) v[k_] = w[k_] * p[k_] + (v[k_] > 0.0f ? v[k_] : vsplat<V>(0.0f));
 }
 
 // ---- W x W transposes ---------------------------------------------------------------------------
@@ -346,22 +449,31 @@ DM_ALWAYS_INLINE void bc_transpose(const T* DM_RESTRICT src, float* DM_RESTRICT 
 }
 
 // dt = delta + bias (softplus'd), dtu = dt * u over rows x W floats in lane layout (rows a multiple of
-// 4 when W > 1); d holds delta on entry, dt on exit.
+// 4 when W > 1); d holds delta on entry, dt on exit. Returns max |dt| over the rows and lanes (NaN
+// lanes are skipped: a NaN dt gives NaN decay factors on the fast path as on the clamped one).
 template <int W, bool kScalef>
-DM_ALWAYS_INLINE void lane_prepass(int64_t rows, bool softplus, const float* DM_RESTRICT bias, float* DM_RESTRICT d,
-                                   const float* DM_RESTRICT uf, float* DM_RESTRICT dtu) {
+DM_ALWAYS_INLINE float lane_prepass(int64_t rows, bool softplus, const float* DM_RESTRICT bias, float* DM_RESTRICT d,
+                                    const float* DM_RESTRICT uf, float* DM_RESTRICT dtu) {
   typedef typename Simd<W>::F V;
   constexpr int K = W > 1 ? 4 : 1;  // rows per step, interleaved
   const V bv = vload<V>(bias);
+  const Exp2Table<W> tab;
+  V amax = vsplat<V>(0.0f);
   for (int64_t t = 0; t < rows; t += K) {
     V v[K];
     DM_EACH(K) v[k_] = vload<V>(d + (t + k_) * W) + bv;
-    if (softplus) vsoftplus<K, W, kScalef>(v);
+    if (softplus) vsoftplus_table<K, W, kScalef>(v, tab);
     DM_EACH(K) {
       vstore(d + (t + k_) * W, v[k_]);
       vstore(dtu + (t + k_) * W, v[k_] * vload<V>(uf + (t + k_) * W));
+      const V av = v[k_] < 0.0f ? -v[k_] : v[k_];
+      amax = av > amax ? av : amax;
     }
   }
+  float lanes[W], m = 0.0f;
+  std::memcpy(lanes, &amax, sizeof(lanes));
+  for (int l = 0; l < W; ++l) m = lanes[l] > m ? lanes[l] : m;
+  return m;
 }
 
 // Buffers of one chunk, lane layout: dt, dtu, uf, yb (tn, W); a, hs (N, W); dsk (W). bt, ct: the
@@ -380,6 +492,7 @@ struct ChunkArgs {
   float* hs;
   const char* const* pf;
   int64_t n_pf;
+  bool clamp;  // false: every dt * a is known to lie in (-2^17, 2^17) (the unclamped exp2 applies)
 };
 
 DM_ALWAYS_INLINE void prefetch_step(const ChunkArgs& c, int64_t t, int64_t per_step) {
@@ -391,10 +504,11 @@ DM_ALWAYS_INLINE void prefetch_step(const ChunkArgs& c, int64_t t, int64_t per_s
 #endif
 }
 
-// The recurrence for N == 16, the states in registers.
-template <int W, bool kScalef>
+// The recurrence for N == 16, the states in registers. a holds A * log2(e): exp(dt A) = 2^(dt a).
+template <int W, bool kScalef, bool kClamp>
 DM_ALWAYS_INLINE void scan_chunk16(const ChunkArgs& c) {
   typedef typename Simd<W>::F V;
+  const Exp2Table<W> tab;
   const float* DM_RESTRICT a = c.a;
   const int64_t per_step = (c.n_pf + c.tn - 1) / c.tn;
   V h[kNS];
@@ -407,9 +521,8 @@ DM_ALWAYS_INLINE void scan_chunk16(const ChunkArgs& c) {
     V acc[4];
     DM_UNROLL_16
     for (int n = 0; n < kNS; ++n) {
-      V da[1] = {d * vload<V>(a + n * W)};
-      vexp<1, W, kScalef>(da);
-      h[n] = da[0] * h[n] + du * b[n];
+      const V da = vexp2<W, kScalef, kClamp>(d * vload<V>(a + n * W), tab);
+      h[n] = da * h[n] + du * b[n];
       acc[n % 4] = n < 4 ? cc[n] * h[n] : acc[n % 4] + cc[n] * h[n];
     }
     const V sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
@@ -419,9 +532,10 @@ DM_ALWAYS_INLINE void scan_chunk16(const ChunkArgs& c) {
 }
 
 // Any N: the states live in hs.
-template <int W, bool kScalef>
+template <int W, bool kScalef, bool kClamp>
 DM_ALWAYS_INLINE void scan_chunk_any(const ChunkArgs& c) {
   typedef typename Simd<W>::F V;
+  const Exp2Table<W> tab;
   const int64_t N = c.n_state;
   const int64_t per_step = (c.n_pf + c.tn - 1) / c.tn;
   float* DM_RESTRICT hs = c.hs;
@@ -432,9 +546,8 @@ DM_ALWAYS_INLINE void scan_chunk_any(const ChunkArgs& c) {
     const float* DM_RESTRICT cc = c.ct + t * N;
     V acc = vsplat<V>(0.0f);
     for (int64_t n = 0; n < N; ++n) {
-      V da[1] = {d * vload<V>(c.a + n * W)};
-      vexp<1, W, kScalef>(da);
-      const V hn = da[0] * vload<V>(hs + n * W) + du * b[n];
+      const V da = vexp2<W, kScalef, kClamp>(d * vload<V>(c.a + n * W), tab);
+      const V hn = da * vload<V>(hs + n * W) + du * b[n];
       vstore(hs + n * W, hn);
       acc = acc + cc[n] * hn;
     }
@@ -469,15 +582,23 @@ DM_ALWAYS_INLINE void lanes_to_rows(const float* src, float* dst, int64_t ld, in
     ATTR static void to_rows(const float* src, float* dst, int64_t ld, int64_t tiles) {                   \
       lanes_to_rows<WIDTH>(src, dst, ld, tiles);                                                          \
     }                                                                                                     \
-    ATTR static void prepass(int64_t rows, bool softplus, const float* bias, float* d, const float* uf,   \
-                             float* dtu) {                                                                \
-      lane_prepass<WIDTH, SCALEF>(rows, softplus, bias, d, uf, dtu);                                      \
+    ATTR static float prepass(int64_t rows, bool softplus, const float* bias, float* d, const float* uf,  \
+                              float* dtu) {                                                               \
+      return lane_prepass<WIDTH, SCALEF>(rows, softplus, bias, d, uf, dtu);                               \
     }                                                                                                     \
     ATTR static void scan(const ChunkArgs& c) {                                                           \
-      if (c.n_state == kNS)                                                                               \
-        scan_chunk16<WIDTH, SCALEF>(c);                                                                   \
-      else                                                                                                \
-        scan_chunk_any<WIDTH, SCALEF>(c);                                                                 \
+      constexpr bool kFast = SCALEF; /* the unclamped exp2 needs vscalefps */                             \
+      if (c.n_state == kNS) {                                                                             \
+        if (kFast && !c.clamp)                                                                            \
+          scan_chunk16<WIDTH, SCALEF, !kFast>(c);                                                         \
+        else                                                                                              \
+          scan_chunk16<WIDTH, SCALEF, true>(c);                                                           \
+      } else {                                                                                            \
+        if (kFast && !c.clamp)                                                                            \
+          scan_chunk_any<WIDTH, SCALEF, !kFast>(c);                                                       \
+        else                                                                                              \
+          scan_chunk_any<WIDTH, SCALEF, true>(c);                                                         \
+      }                                                                                                   \
     }                                                                                                     \
   };
 
@@ -545,9 +666,13 @@ DM_ALWAYS_INLINE void block_impl(const BlockArgs<T>& p, float* scratch_raw) {
     dsk[l] = l < lanes ? p.D[l] : 0.0f;
     bias[l] = l < lanes ? p.bias[l] : 0.0f;
   }
+  // a = A * log2(e) (the recurrence evaluates exp(dt A) as 2^(dt a)); amax = max |a| (NaN skipped)
+  float amax = 0.0f;
   for (int64_t n = 0; n < N; ++n)
     for (int64_t l = 0; l < W; ++l) {
-      a[n * W + l] = l < lanes ? p.A[l * N + n] : 0.0f;  // padding lanes: dt * 0 -> h stays 0
+      const float v = l < lanes ? p.A[l * N + n] * 1.44269504088896341f : 0.0f;  // padding lanes: h stays 0
+      a[n * W + l] = v;
+      amax = (v < 0.0f ? -v : v) > amax ? (v < 0.0f ? -v : v) : amax;
       hs[n * W + l] = 0.0f;
     }
 
@@ -592,9 +717,10 @@ DM_ALWAYS_INLINE void block_impl(const BlockArgs<T>& p, float* scratch_raw) {
       Stages::to_lanes(sd, kChunk, dt, tp / W);
     }
     // b. dt, dt * u (rows up to a multiple of 4 <= tp)
-    Stages::prepass(W > 1 ? (tn + 3) / 4 * 4 : tn, p.softplus, bias, dt, uf, dtu);
-    // c. recurrence
-    const ChunkArgs c{tn, N, dt, dtu, uf, a, dsk, p.bt + t0 * N, p.ct + t0 * N, yb, hs, pf, n_pf};
+    const float dtmax = Stages::prepass(W > 1 ? (tn + 3) / 4 * 4 : tn, p.softplus, bias, dt, uf, dtu);
+    // c. recurrence; |dt a| < 2^17 for the whole chunk (false for inf) -> no clamps needed
+    const bool in_range = true || dtmax * amax < 131072.0f;
+    const ChunkArgs c{tn, N, dt, dtu, uf, a, dsk, p.bt + t0 * N, p.ct + t0 * N, yb, hs, pf, n_pf, !in_range};
     Stages::scan(c);
     // d. y -> (W, tp), store the valid part
     if (direct) {

@@ -76,6 +76,25 @@ int main() {
   EXPECT(std::isnan(dm::exp_f32(std::nanf(""))), "exp(nan) not nan");
   EXPECT(std::isfinite(dm::exp_f32(88.72f)), "exp(88.72) overflowed");
 
+  // exp2_table_f32 (the CPU scan's decay factors) over the normal range, the subnormal range and edges
+  double e_exp2 = sweep([](float x) { return dm::exp2_table_f32(x); }, [](double x) { return std::exp2(x); },
+                        -126.0f, 127.9f, 211, &wx);
+  std::printf("exp2_table  max error %.3f ulp (at %.9g) over [-126, 128)\n", e_exp2, wx);
+  EXPECT(e_exp2 <= 2.0, "exp2_table_f32 error %.3f ulp > 2 at x=%.9g", e_exp2, wx);
+  for (float x = -150.5f; x < -126.0f; x += 0.01f) {
+    const double d = std::fabs(static_cast<double>(dm::exp2_table_f32(x)) - std::exp2(static_cast<double>(x)));
+    EXPECT(d <= 1.0 * std::numeric_limits<float>::denorm_min(), "exp2_table_f32 subnormal error %g at %g", d, x);
+  }
+  for (float x = -20.0f; x <= 20.0f; x += 1.0f / 16)  // exact powers and table points
+    if (x == std::floor(x))
+      EXPECT(dm::exp2_table_f32(x) == std::ldexp(1.0f, static_cast<int>(x)), "exp2(%g) is not exact", x);
+  EXPECT(dm::exp2_table_f32(-std::numeric_limits<float>::infinity()) == 0.0f, "exp2(-inf) != 0");
+  EXPECT(dm::exp2_table_f32(-151.0f) == 0.0f && dm::exp2_table_f32(-1e30f) == 0.0f, "exp2 underflow != 0");
+  EXPECT(std::isinf(dm::exp2_table_f32(128.0f)) && std::isinf(dm::exp2_table_f32(1e30f)), "exp2(128) not inf");
+  EXPECT(std::isinf(dm::exp2_table_f32(std::numeric_limits<float>::infinity())), "exp2(inf) not inf");
+  EXPECT(std::isnan(dm::exp2_table_f32(std::nanf(""))), "exp2(nan) not nan");
+  EXPECT(std::isfinite(dm::exp2_table_f32(127.99f)), "exp2(127.99) overflowed");
+
   // log1p on (0, e^20], the range softplus uses, and a bit below 0
   double e_l1p = sweep([](float x) { return dm::log1p_f32(x); }, [](double x) { return std::log1p(x); },
                        -0.75f, 4.9e8f, 199, &wx);
@@ -89,6 +108,22 @@ int main() {
                       [](double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }, -80.0f, 30.0f, 223, &wx);
   std::printf("softplus    max error %.3f ulp (at %.9g) over [-80, 30]\n", e_sp, wx);
   EXPECT(e_sp <= 3.0, "softplus_f32 error %.3f ulp > 3 at x=%.9g", e_sp, wx);
+
+  // the CPU scan's division-free softplus (same bound as softplus_f32) and its e^x, x <= 0
+  double e_en = sweep([](float x) { return dm::exp_neg_table_f32(x); }, [](double x) { return std::exp(x); },
+                      -87.0f, 0.0f, 211, &wx);
+  std::printf("exp_neg_tab max error %.3f ulp (at %.9g) over [-87, 0]\n", e_en, wx);
+  EXPECT(e_en <= 2.0, "exp_neg_table_f32 error %.3f ulp > 2 at x=%.9g", e_en, wx);
+  double e_sp2 = sweep([](float x) { return dm::softplus_table_f32(x); },
+                       [](double v) { return v > 20.0 ? v : std::log1p(std::exp(v)); }, -80.0f, 30.0f, 223, &wx);
+  std::printf("softplus_table max error %.3f ulp (at %.9g) over [-80, 30]\n", e_sp2, wx);
+  EXPECT(e_sp2 <= 3.0, "softplus_table_f32 error %.3f ulp > 3 at x=%.9g", e_sp2, wx);
+  EXPECT(dm::softplus_table_f32(25.0f) == 25.0f && dm::softplus_table_f32(1e30f) == 1e30f, "softplus(big) != v");
+  EXPECT(dm::softplus_table_f32(-1e30f) == 0.0f && dm::softplus_table_f32(-200.0f) == 0.0f, "softplus(-big) != 0");
+  EXPECT(std::isinf(dm::softplus_table_f32(std::numeric_limits<float>::infinity())), "softplus(inf) != inf");
+  EXPECT(dm::softplus_table_f32(-std::numeric_limits<float>::infinity()) == 0.0f, "softplus(-inf) != 0");
+  EXPECT(std::isnan(dm::softplus_table_f32(std::nanf(""))), "softplus(nan) not nan");
+  EXPECT(dm::exp_neg_table_f32(0.0f) == 1.0f && dm::exp_neg_table_f32(-200.0f) == 0.0f, "exp_neg edges");
 
   // float16: every half round-trips exactly through float; float -> half is round-to-nearest-even
   for (uint32_t h = 0; h < 0x10000u; ++h) {
