@@ -26,16 +26,19 @@
 // CPU supports is picked once at run time (__builtin_cpu_supports). With DEFMAMBA_NATIVE
 // (-march=native) or on other architectures only the build's own variant exists.
 //
-// Arithmetic: every variant evaluates, lane by lane, the float32 algorithms of defmamba_math.h
-// (softplus_f32 for dt, exp_f32 for exp(dt * A)) with the same operations in the same order. y adds
-// D u last to sum_n C h: for N == 16 as four partial sums (n mod 4) added pairwise, for other N in
-// order n = 0..N-1. With GCC on x86 the exp clamps use (v)maxps / (v)minps, which return exactly
-// what the ternaries of exp_f32 return (NaN included), and the AVX-512 variant applies exp's power
-// of two with one vscalefps: exp_f32's (e * 2^n1) * 2^n2 has an exact first product, so both round
-// once, identically (subnormal results, overflow and NaN included); exp(dt * A) is bit-identical in
-// every variant. The variants may differ in the last bit where the compiler contracts a * b + c into
-// an FMA differently (SSE2 has none; softplus_f32 inlined into scalar code can fuse exp's last
-// product into log1p's first sum).
+// Arithmetic: every variant evaluates, lane by lane, the float32 algorithms of defmamba_math.h with
+// the same operations in the same order: softplus_table_f32 for dt (division-free), and for the
+// decay factors exp(dt * A) = exp2_table_f32(dt * a) with a = A * log2(e) computed once per block
+// (a 16-entry table and a degree-3 polynomial: ~10 vector operations per state update instead of
+// ~16 for the Cephes exp_f32 that the CUDA kernel uses; both <= 2 ulp). y adds D u last to
+// sum_n C h: for N == 16 as four partial sums (n mod 4) added pairwise, for other N in order
+// n = 0..N-1. With GCC on x86 the clamps use (v)maxps / (v)minps, which return exactly what the
+// ternaries return (NaN included), and the AVX-512 variant applies the power of two with one
+// vscalefps, which rounds once like the reference's (e * 2^m1) * 2^m2. That variant also drops
+// exp2's clamps for a chunk when max |dt| * max |a| < 2^17 (checked per chunk and block; false for
+// inf): then x + magic still rounds x to a multiple of 1/16 and vscalefps under- or overflows
+// exactly as after the clamps, so the result is the same. The variants may differ in the last bit
+// where the compiler contracts a * b + c into an FMA differently (SSE2 has none).
 #include "cpu_kernel.h"
 
 #include <cstdlib>
@@ -224,45 +227,11 @@ DM_ALWAYS_INLINE V clamp_above(V x, V hi) {
 }
 #endif
 
-// ---- per-element math, K independent vectors at a time ------------------------------------------
-// Each function works on K vectors statement by statement (the K loops are unrolled), which
-// interleaves K independent dependency chains for the out-of-order core. Per lane they are
-// dm::exp_f32, dm::log1p_f32 and dm::softplus_f32: the same operations in the same order.
+// ---- per-element math ---------------------------------------------------------------------------
+// Per lane these are dm::exp2_table_f32 and dm::softplus_table_f32: the same operations in the same
+// order. vsoftplus_table works on K vectors statement by statement (the K loops are unrolled),
+// which interleaves K independent dependency chains for the out-of-order core.
 #define DM_EACH(K) for (int k_ = 0; k_ < (K); ++k_)
-
-// x[k] = exp(x[k]). kScalef: apply 2^n with scale_pow2 (16 lanes) instead of (e * 2^n1) * 2^n2.
-template <int K, int W, bool kScalef>
-DM_ALWAYS_INLINE void vexp(typename Simd<W>::F* x) {
-  typedef typename Simd<W>::F V;
-  typedef typename Simd<W>::I VI;
-  const V magic = vsplat<V>(12582912.0f), lo = vsplat<V>(-104.0f), hi = vsplat<V>(100.0f);
-  V t[K], n[K], r[K], p[K];
-  DM_EACH(K) x[k_] = clamp_below(x[k_], lo);  // keeps NaN
-  DM_EACH(K) x[k_] = clamp_above(x[k_], hi);
-  DM_EACH(K) t[k_] = x[k_] * 1.44269504088896341f + magic;
-  DM_EACH(K) n[k_] = t[k_] - magic;
-  DM_EACH(K) r[k_] = x[k_] - n[k_] * 0.693359375f;
-  DM_EACH(K) r[k_] = r[k_] - n[k_] * -2.12194440e-4f;
-  DM_EACH(K) p[k_] = vsplat<V>(1.9875691500e-4f) * r[k_] + 1.3981999507e-3f;
-  DM_EACH(K) p[k_] = p[k_] * r[k_] + 8.3334519073e-3f;
-  DM_EACH(K) p[k_] = p[k_] * r[k_] + 4.1665795894e-2f;
-  DM_EACH(K) p[k_] = p[k_] * r[k_] + 1.6666665459e-1f;
-  DM_EACH(K) p[k_] = p[k_] * r[k_] + 5.0000001201e-1f;
-  DM_EACH(K) p[k_] = p[k_] * (r[k_] * r[k_]) + r[k_] + 1.0f;  // e
-#if defined(DM_SCAN_X86_PRIMITIVES)
-  if constexpr (kScalef) {
-    DM_EACH(K) x[k_] = scale_pow2(p[k_], n[k_]);
-    return;
-  }
-#endif
-  static_assert(!kScalef || W == 16, "scale_pow2 is the 16-lane vscalefps");
-  DM_EACH(K) {
-    const VI ni = bit_cast<VI>(t[k_]) - bit_cast<VI>(magic);
-    const VI n1 = ni >> 1;  // arithmetic shift, as in exp_f32
-    const VI n2 = ni - n1;
-    x[k_] = (p[k_] * bit_cast<V>((n1 + 127) << 23)) * bit_cast<V>((n2 + 127) << 23);
-  }
-}
 
 // 2^x per lane: dm::exp2_table_f32 (same operations in the same order). tab: the 2^(j/16) table in
 // 16 / W vectors (Exp2Table<W>). kClamp = false skips the clamps to [-160, 160]; only for the 16-lane
@@ -303,49 +272,6 @@ DM_ALWAYS_INLINE typename Simd<W>::F vexp2(typename Simd<W>::F x, const Exp2Tabl
   const VI m1 = m >> 1;
   const VI m2 = m - m1;
   return (e * bit_cast<V>((m1 + 127) << 23)) * bit_cast<V>((m2 + 127) << 23);
-}
-
-// z[k] = log1p(z[k]) for z > -1.
-template <int K, int W>
-DM_ALWAYS_INLINE void vlog1p(typename Simd<W>::F* z) {
-  typedef typename Simd<W>::F V;
-  typedef typename Simd<W>::I VI;
-  typedef typename Simd<W>::U VU;
-  V u[K], c[K], f[K], s[K], zz[K], w[K], R[K], hfsq[K];
-  VU iu[K];
-  VI kk[K];
-  DM_EACH(K) u[k_] = 1.0f + z[k_];
-  DM_EACH(K) iu[k_] = bit_cast<VU>(u[k_]) + (0x3f800000u - 0x3f3504f3u);
-  DM_EACH(K) kk[k_] = bit_cast<VI>(iu[k_] >> 23) - 0x7f;  // logical shift, as on uint32_t
-  DM_EACH(K) c[k_] = (kk[k_] >= 2) ? 1.0f - (u[k_] - z[k_]) : z[k_] - (u[k_] - 1.0f);
-  DM_EACH(K) c[k_] = c[k_] / u[k_];
-  DM_EACH(K) iu[k_] = (iu[k_] & 0x007fffffu) + 0x3f3504f3u;
-  DM_EACH(K) f[k_] = bit_cast<V>(iu[k_]) - 1.0f;
-  DM_EACH(K) s[k_] = f[k_] / (2.0f + f[k_]);
-  DM_EACH(K) zz[k_] = s[k_] * s[k_];
-  DM_EACH(K) w[k_] = zz[k_] * zz[k_];
-  DM_EACH(K) {
-    const V t1 = w[k_] * (0.40000972152f + w[k_] * 0.24279078841f);
-    const V t2 = zz[k_] * (0.66666662693f + w[k_] * 0.28498786688f);
-    R[k_] = t2 + t1;
-  }
-  DM_EACH(K) hfsq[k_] = 0.5f * f[k_] * f[k_];
-  DM_EACH(K) {
-    const V dk = int_to_float<V>(kk[k_]);
-    z[k_] = s[k_] * (hfsq[k_] + R[k_]) + (dk * 9.0580006145e-06f + c[k_]) - hfsq[k_] + f[k_] +
-            dk * 6.9313812256e-01f;
-  }
-}
-
-// v[k] = softplus(v[k]) = v > 20 ? v : log1p(exp(v)).
-template <int K, int W, bool kScalef>
-DM_ALWAYS_INLINE void vsoftplus(typename Simd<W>::F* v) {
-  typedef typename Simd<W>::F V;
-  V sp[K];
-  DM_EACH(K) sp[k_] = v[k_];
-  vexp<K, W, kScalef>(sp);
-  vlog1p<K, W>(sp);
-  DM_EACH(K) v[k_] = v[k_] > 20.0f ? v[k_] : sp[k_];
 }
 
 // v[k] = softplus(v[k]) per lane: dm::softplus_table_f32 (same operations in the same order).
