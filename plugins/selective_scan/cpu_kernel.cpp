@@ -169,6 +169,14 @@ DM_ALWAYS_INLINE V int_to_float(VI k) {
 // (v)minps(hi, x), which return their second operand when either is NaN, and the 16-lane scale onto
 // vscalefps. The x86 overloads carry their own target attribute: they are inlined once the
 // ISA-generic templates have been inlined into the matching target("...") function.
+template <typename V>
+DM_ALWAYS_INLINE V clamp_below(V x, V lo) {
+  return x < lo ? lo : x;
+}
+template <typename V>
+DM_ALWAYS_INLINE V clamp_above(V x, V hi) {
+  return x > hi ? hi : x;
+}
 // Generic form of lookup16 (tab: 16 floats spread over 16 / W vectors): one lane at a time.
 template <typename V>
 DM_ALWAYS_INLINE V lookup16(const V* tab, V idx) {
@@ -182,14 +190,6 @@ DM_ALWAYS_INLINE V lookup16(const V* tab, V idx) {
     for (int l = 0; l < W; ++l) out[l] = t[dm::f32_to_bits(ix[l]) & 15u];
     return vload<V>(out);
   }
-}
-template <typename V>
-DM_ALWAYS_INLINE V clamp_below(V x, V lo) {
-  return x < lo ? lo : x;
-}
-template <typename V>
-DM_ALWAYS_INLINE V clamp_above(V x, V hi) {
-  return x > hi ? hi : x;
 }
 // (GCC only: Clang rejects calls with wide vector arguments into target("...") functions from the
 // ISA-generic templates before inlining; LLVM selects maxps / minps for the generic ternaries itself.)
