@@ -147,6 +147,15 @@ constexpr float kExp2Table16[16] = {
 constexpr float kExp2Magic = 786432.0f;  // 1.5 * 2^19: x + magic rounds x to a multiple of 1/16
 constexpr float kExp2C1 = 0.693147180559945f, kExp2C2 = 0.240226506959101f, kExp2C3 = 0.0555041086648216f;
 
+// e * 2^m for the table exps, with t = x + kExp2Magic (m = floor of x rounded to 1/16, |m| <= 240):
+// applied in two normal factors so that the result rounds once (subnormals included).
+inline float exp2_table_scale(float e, float t) {
+  const int32_t m = static_cast<int32_t>(f32_to_bits(t) - f32_to_bits(kExp2Magic)) >> 4;
+  const int32_t m1 = m >> 1;
+  const int32_t m2 = m - m1;
+  return (e * bits_to_f32(static_cast<uint32_t>(m1 + 127) << 23)) * bits_to_f32(static_cast<uint32_t>(m2 + 127) << 23);
+}
+
 inline float exp2_table_f32(float x) {
   x = x < -160.0f ? -160.0f : x;  // keeps NaN
   x = x > 160.0f ? 160.0f : x;
@@ -157,12 +166,7 @@ inline float exp2_table_f32(float x) {
   const float T = kExp2Table16[tb & 15u];
   const float q = ((kExp2C3 * r + kExp2C2) * r + kExp2C1) * r;
   const float e = T * q + T;
-  const int32_t m = static_cast<int32_t>(tb - f32_to_bits(kExp2Magic)) >> 4;  // floor(n), in [-160, 160]
-  const int32_t m1 = m >> 1;
-  const int32_t m2 = m - m1;
-  const float s1 = bits_to_f32(static_cast<uint32_t>(m1 + 127) << 23);
-  const float s2 = bits_to_f32(static_cast<uint32_t>(m2 + 127) << 23);
-  return (e * s1) * s2;
+  return exp2_table_scale(e, t);  // e * 2^floor(n), floor(n) in [-160, 160]
 }
 
 // e^x for x <= 0 on the same table: n = x log2(e) rounded to a multiple of 1/16, r = x - n ln2 with
@@ -180,10 +184,7 @@ inline float exp_neg_table_f32(float x) {
   const float T = kExp2Table16[tb & 15u];
   const float q = ((0.166666672f * r + 0.5f) * r + 1.0f) * r;
   const float e = T * q + T;
-  const int32_t m = static_cast<int32_t>(tb - f32_to_bits(kExp2Magic)) >> 4;  // in [-231, 0]
-  const int32_t m1 = m >> 1;
-  const int32_t m2 = m - m1;
-  return (e * bits_to_f32(static_cast<uint32_t>(m1 + 127) << 23)) * bits_to_f32(static_cast<uint32_t>(m2 + 127) << 23);
+  return exp2_table_scale(e, t);  // floor(n) in [-231, 0]
 }
 
 // softplus for the CPU scan without divisions: max(v, 0) + log1p(w), w = e^-|v| in (0, 1], with

@@ -243,10 +243,20 @@ struct Exp2Table {
   Exp2Table() { std::memcpy(v, dm::kExp2Table16, sizeof(v)); }
 };
 
+// Per lane dm::exp2_table_scale: e * 2^floor(n), n = t - magic, in two factors (one rounding).
+template <int W>
+DM_ALWAYS_INLINE typename Simd<W>::F vexp2_scale(typename Simd<W>::F e, typename Simd<W>::F t) {
+  typedef typename Simd<W>::F V;
+  typedef typename Simd<W>::I VI;
+  const VI m = (bit_cast<VI>(t) - bit_cast<VI>(vsplat<V>(dm::kExp2Magic))) >> 4;  // arithmetic shift
+  const VI m1 = m >> 1;
+  const VI m2 = m - m1;
+  return (e * bit_cast<V>((m1 + 127) << 23)) * bit_cast<V>((m2 + 127) << 23);
+}
+
 template <int W, bool kScalef, bool kClamp>
 DM_ALWAYS_INLINE typename Simd<W>::F vexp2(typename Simd<W>::F x, const Exp2Table<W>& tab) {
   typedef typename Simd<W>::F V;
-  typedef typename Simd<W>::I VI;
   static_assert(kClamp || kScalef, "unclamped exp2 needs scale_pow2");
   const V magic = vsplat<V>(dm::kExp2Magic);
 #if defined(DM_SCAN_X86_PRIMITIVES)
@@ -268,17 +278,13 @@ DM_ALWAYS_INLINE typename Simd<W>::F vexp2(typename Simd<W>::F x, const Exp2Tabl
 #if defined(DM_SCAN_X86_PRIMITIVES)
   if constexpr (kScalef) return scale_pow2(e, n);  // e * 2^floor(n)
 #endif
-  const VI m = (bit_cast<VI>(t) - bit_cast<VI>(magic)) >> 4;  // floor(n), arithmetic shift
-  const VI m1 = m >> 1;
-  const VI m2 = m - m1;
-  return (e * bit_cast<V>((m1 + 127) << 23)) * bit_cast<V>((m2 + 127) << 23);
+  return vexp2_scale<W>(e, t);
 }
 
 // v[k] = softplus(v[k]) per lane: dm::softplus_table_f32 (same operations in the same order).
 template <int K, int W, bool kScalef>
 DM_ALWAYS_INLINE void vsoftplus_table(typename Simd<W>::F* v, const Exp2Table<W>& tab) {
   typedef typename Simd<W>::F V;
-  typedef typename Simd<W>::I VI;
   const V magic = vsplat<V>(dm::kExp2Magic);
   V z[K], t[K], n[K], r[K], w[K], p[K];
   DM_EACH(K) z[k_] = v[k_] < 0.0f ? v[k_] : -v[k_];  // -|v|, NaN stays NaN
@@ -298,12 +304,7 @@ DM_ALWAYS_INLINE void vsoftplus_table(typename Simd<W>::F* v, const Exp2Table<W>
   } else
 #endif
   {
-    DM_EACH(K) {
-      const VI m = (bit_cast<VI>(t[k_]) - bit_cast<VI>(magic)) >> 4;
-      const VI m1 = m >> 1;
-      const VI m2 = m - m1;
-      w[k_] = (w[k_] * bit_cast<V>((m1 + 127) << 23)) * bit_cast<V>((m2 + 127) << 23);
-    }
+    DM_EACH(K) w[k_] = vexp2_scale<W>(w[k_], t[k_]);
   }
   DM_EACH(K) p[k_] = vsplat<V>(dm::kLog1pP[0]);
   for (int i = 1; i < 10; ++i) DM_EACH(K) p[k_] = p[k_] * w[k_] + dm::kLog1pP[i];
