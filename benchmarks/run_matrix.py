@@ -100,7 +100,11 @@ def summary(data: dict) -> str:
         lines.append(f"- skipped {s['backend']} {s['precision']}: {s['reason']}")
     ops = data.get("ops")
     if ops:
-        lines += ["", f"## Ops alone (batch 1), memcpy bandwidth {ops['memcpy_gb_s']:.1f} GB/s (read + write)", "",
+        threads = ops.get("memcpy_threads")
+        bw = f"{ops['memcpy_gb_s']:.1f} GB/s (read + write" + (f", {threads} threads, as the kernels run)" if threads else ")")
+        if ops.get("memcpy_gb_s_1thread") and threads and threads > 1:
+            bw += f"; one thread copies {ops['memcpy_gb_s_1thread']:.1f} GB/s"
+        lines += ["", f"## Ops alone (batch 1), memcpy bandwidth {bw}", "",
                   "| op | impl | input | stage | L | Ch | median ms | MB moved | GB/s | % of memcpy |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in ops["rows"]:

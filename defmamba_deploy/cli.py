@@ -336,7 +336,8 @@ def bench(
             res = B.run_op_bench(model, img_sizes=[h for h, _ in sizes] if img_size != "224" else (224, 512),
                                  threads=threads, warmup=warmup, iters=iters, seconds=seconds if seconds else 1.0,
                                  progress=lambda m: prog.update(task, description=m))
-        table = Table(title=f"op bench: DefMamba-{res['model']} shapes, memcpy {res['memcpy_gb_s']:.1f} GB/s")
+        table = Table(title=f"op bench: DefMamba-{res['model']} shapes, memcpy {res['memcpy_gb_s']:.1f} GB/s "
+                                  f"({res['memcpy_threads']} threads; 1 thread: {res['memcpy_gb_s_1thread']:.1f})")
         for col in ("op", "impl", "size", "stage", "L", "Ch", "median ms", "MB moved", "GB/s", "% of memcpy"):
             table.add_column(col, justify="left" if col in ("op", "impl") else "right")
         for r in res["rows"]:

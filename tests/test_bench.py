@@ -104,7 +104,7 @@ def test_cli_writes_json_csv_plot(tmp_path):
 
 def test_op_bench_rows():
     res = B.run_op_bench("t", img_sizes=(64,), impls=("torch", "ort-portable"), seconds=None, iters=1, warmup=0)
-    assert res["memcpy_gb_s"] > 0
+    assert res["memcpy_gb_s"] > 0 and res["memcpy_gb_s_1thread"] > 0 and res["memcpy_threads"] >= 1
     ops = {(r["op"], r["impl"]) for r in res["rows"]}
     assert ("SelectiveScan", "torch") in ops and ("TokenSort", "ort-portable") in ops
     for r in res["rows"]:
