@@ -1,6 +1,6 @@
 """Run-to-run spread across fresh processes (batch 1, 224²): the honest error bar for the tables.
 
-    python benchmarks/process_spread.py --model s --processes 6
+    python benchmarks/process_spread.py --model s --processes 6 [--warm-batch 8]
 
 On the shared 2-vCPU machine used here, latency is stable within a process but can differ by
 tens of percent between processes (the same binary, input and weights). This script starts one
@@ -23,13 +23,16 @@ CHILD = r"""
 import json, sys, time, numpy as np
 backend, model, path, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-if backend == "torch":
+if backend.startswith("torch"):
     import torch, defmamba_deploy as dd
     net = dd.create_model(model, seed=0)
     t = torch.from_numpy(x)
     def fn():
         with torch.inference_mode():
             net(t)
+    if backend.startswith("torch-after-batch"):  # one larger batch first: warms glibc's allocator
+        with torch.inference_mode():
+            net(t.expand(int(backend[len("torch-after-batch"):]), -1, -1, -1).contiguous())
 else:
     from defmamba_deploy.runtime import create_session
     s = create_session(path)
@@ -48,13 +51,19 @@ def main() -> None:
     ap.add_argument("--model", default="s")
     ap.add_argument("--processes", type=int, default=6)
     ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--warm-batch", type=int, default=0,
+                    help="also time PyTorch eager after one forward at this batch in the same process "
+                         "(backend 'torch-after-batchN'; see benchmarks/torch_eager.py)")
     args = ap.parse_args()
     from defmamba_deploy.onnx import export_onnx
 
     out: dict = {"model": args.model, "batch": 1, "img_size": 224, "runs_per_process": args.runs, "per_process_median_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"torch": "-", "ort": str(export_onnx(args.model, output=Path(tmp) / "c.onnx").path),
-                 "ort-portable": str(export_onnx(args.model, portable=True, output=Path(tmp) / "p.onnx").path)}
+        files = {"torch": "-"}
+        if args.warm_batch > 0:
+            files[f"torch-after-batch{args.warm_batch}"] = "-"
+        files["ort"] = str(export_onnx(args.model, output=Path(tmp) / "c.onnx").path)
+        files["ort-portable"] = str(export_onnx(args.model, portable=True, output=Path(tmp) / "p.onnx").path)
         for i in range(args.processes):
             for backend, path in files.items():  # interleaved, so drifts hit every backend alike
                 r = subprocess.run([sys.executable, "-c", CHILD, backend, args.model, path, str(args.runs)],
@@ -65,8 +74,12 @@ def main() -> None:
     for backend, values in out["per_process_median_ms"].items():
         summary[backend] = {"median_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
     t = summary["torch"]["median_ms"]
-    for backend in summary:
-        summary[backend]["speedup_vs_torch_median"] = round(t / summary[backend]["median_ms"], 2)
+    for entry in summary.values():
+        entry["speedup_vs_torch_median"] = round(t / entry["median_ms"], 2)
+    # the same-round ratios (a round's processes run back to back, so they share the machine's period)
+    per = out["per_process_median_ms"]
+    out["same_round_ort_speedup"] = {b: [round(e / o, 2) for e, o in zip(per[b], per["ort"])]
+                                     for b in per if b.startswith("torch")}
     out["summary"] = summary
     out["machine"] = machine_info()
     dest = Path(__file__).resolve().parent / "results" / f"process_spread_{machine_slug(out['machine'])}.json"

@@ -46,7 +46,7 @@ def main() -> None:
     for i in range(args.repeat):
         rep = run_bench(args.model, backends=args.backends.split(","), batches=[int(b) for b in args.batch.split(",")],
                         sizes=sizes, precisions=args.precision.split(","), threads=args.threads, warmup=args.warmup,
-                        seconds=args.seconds, progress=lambda m, d, t: print(f"[{i + 1}/{args.repeat}] {d}/{t} {m}", flush=True))
+                        seconds=args.seconds, progress=lambda m, d, t, i=i: print(f"[{i + 1}/{args.repeat}] {d}/{t} {m}", flush=True))
         data = rep.to_dict()
         validate_report(data)
         runs.append(data)
@@ -72,9 +72,9 @@ def main() -> None:
 def summary(data: dict) -> str:
     m = data["machine"]
     lines = [f"# DefMamba-{data['model']} on {m.get('gpu') or m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB)", "",
-             f"torch {m['torch']}, onnxruntime {m.get('onnxruntime', '-')}, {m['os']}; "
-             f"warm-up {data['settings']['warmup']}, {data['settings']['seconds']} s per combination, threads "
-             f"{data['settings']['threads'] or 'default'}.", "",
+             (f"torch {m['torch']}, onnxruntime {m.get('onnxruntime', '-')}, {m['os']}; "
+              f"warm-up {data['settings']['warmup']}, {data['settings']['seconds']} s per combination, threads "
+              f"{data['settings']['threads'] or 'default'}."), "",
              "| backend | precision | batch | size | median ms | p90 ms | p99 ms | images/s | peak RSS MiB | spread of repeats |"
              if not any("repeat_medians_ms" in r for r in data["results"]) else
              "| backend | precision | batch | size | median ms (median of repeats) | p90 ms (1st repeat) | p99 ms (1st repeat) "
