@@ -5,13 +5,6 @@
 Times the model with this toolkit's chunked scan and, with ``--with-loop-scan``, the same model
 with a per-token-loop scan (the formulation of the authors' pure-PyTorch reference), so both are
 measured on one machine. Writes ``benchmarks/results/torch_eager_<machine>.json``.
-
-``--warm-batch 8`` also times the chunked-scan model after one forward pass at batch 8 in the same
-process ("warm allocator"). Eager DefMamba allocates tens of MB of temporaries per block; glibc
-serves large blocks with fresh mmap()s (page faults and zeroing on every call) until big frees have
-raised its thresholds, so the same process runs batch 1 ~1.3-1.5x faster after a larger batch has
-passed through (measured 2026-11-27: ~370-440 ms -> ~250-275 ms for DefMamba-S). Both numbers are
-PyTorch eager; which one a service sees depends on its traffic and its allocator.
 """
 from __future__ import annotations
 
@@ -26,10 +19,24 @@ import torch.nn.functional as F
 
 import defmamba_deploy as dd
 from defmamba_deploy.machine import machine_info, machine_slug
+from defmamba_deploy.ops.selective_scan import reversed_groups
 
 
-def loop_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+def loop_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, reverse=None):
     """One small op per token, as in mamba's selective_scan_ref (for comparison only)."""
+    flipped = reversed_groups(reverse, B.shape[1])
+    if flipped:  # groups that scan backwards: flip their time axis in and out (as the authors' code does)
+        bt, ch, length = u.shape
+        g = B.shape[1]
+
+        def flip(x):
+            x = x.clone()
+            x[:, flipped] = x[:, flipped].flip(-1)
+            return x
+
+        u, delta = (flip(t.reshape(bt, g, ch // g, length)).reshape(bt, ch, length) for t in (u, delta))
+        y = loop_scan(u, delta, A, flip(B), flip(C), D, delta_bias, delta_softplus)
+        return flip(y.reshape(bt, g, ch // g, length)).reshape(bt, ch, length)
     dt = delta.float() + (delta_bias.float()[:, None] if delta_bias is not None else 0)
     dt = F.softplus(dt) if delta_softplus else dt
     bt, ch, length = u.shape
@@ -59,12 +66,6 @@ def time_model(model, x, runs, warmup=2):
     return times
 
 
-def record(results: dict, name: str, times: list[float]) -> None:
-    results["runs"][name] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
-    print(f"{name:>13}: median {statistics.median(times) * 1000:.0f} ms (min {min(times) * 1000:.0f}, "
-          f"max {max(times) * 1000:.0f}) over {len(times)} runs")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="s")
@@ -72,8 +73,6 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--with-loop-scan", action="store_true")
-    ap.add_argument("--warm-batch", type=int, default=0,
-                    help="also time the chunked-scan model after one forward at this batch (allocator warmed)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -92,11 +91,8 @@ def main() -> None:
             times = time_model(model, x, args.runs)
         finally:
             mdl.selective_scan = original
-        record(results, name, times)
-    if args.warm_batch > 0:
-        with torch.inference_mode():
-            model(x[:1].expand(args.warm_batch, -1, -1, -1).contiguous())
-        record(results, f"chunked_scan_after_batch{args.warm_batch}", time_model(model, x, args.runs))
+        results["runs"][name] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
+        print(f"{name:>13}: median {statistics.median(times) * 1000:.0f} ms (min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}) over {len(times)} runs")
     info = machine_info()
     results["machine"] = info
     out = args.out or Path(__file__).resolve().parent / "results" / f"torch_eager_{machine_slug(info)}.json"

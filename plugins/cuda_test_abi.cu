@@ -23,16 +23,16 @@ cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 }  // namespace
 
-DM_ABI int dm_cuda_abi_version() { return 1; }
+DM_ABI int dm_cuda_abi_version() { return 2; }  // 2: dm_selective_scan takes reverse_mask
 
 DM_ABI const char* dm_cuda_error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
 
 // u, delta, y (batch, channels, length); B, C (batch, groups, state, length) of dtype; A (channels, state),
-// D, delta_bias (channels) float32, D / delta_bias may be null.
+// D, delta_bias (channels) float32, D / delta_bias may be null. reverse_mask: bit g = group g scans backwards.
 DM_ABI int dm_selective_scan(const void* u, const void* delta, const void* A, const void* B, const void* C,
                              const void* D, const void* delta_bias, void* y, int64_t batch, int64_t channels,
                              int64_t groups, int64_t state, int64_t length, int delta_softplus, int dtype,
-                             void* stream) {
+                             void* stream, uint64_t reverse_mask) {
   const float* Af = static_cast<const float*>(A);
   const float* Df = static_cast<const float*>(D);
   const float* bf = static_cast<const float*>(delta_bias);
@@ -40,12 +40,12 @@ DM_ABI int dm_selective_scan(const void* u, const void* delta, const void* A, co
     return defmamba::launchSelectiveScan<float>(static_cast<const float*>(u), static_cast<const float*>(delta), Af,
                                                 static_cast<const float*>(B), static_cast<const float*>(C), Df, bf,
                                                 static_cast<float*>(y), batch, channels, groups, state, length,
-                                                delta_softplus != 0, as_stream(stream));
+                                                delta_softplus != 0, as_stream(stream), reverse_mask);
   if (dtype == 1)
     return defmamba::launchSelectiveScan<__half>(static_cast<const __half*>(u), static_cast<const __half*>(delta), Af,
                                                  static_cast<const __half*>(B), static_cast<const __half*>(C), Df, bf,
                                                  static_cast<__half*>(y), batch, channels, groups, state, length,
-                                                 delta_softplus != 0, as_stream(stream));
+                                                 delta_softplus != 0, as_stream(stream), reverse_mask);
   return cudaErrorInvalidValue;
 }
 

@@ -12,7 +12,7 @@ def softplus(v):
     return v if v > 20 else math.log1p(math.exp(v))
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, reverse=None):
     u, delta, A, B, C = (np.asarray(t, np.float64) for t in (u, delta, A, B, C))
     bt, ch, length = u.shape
     g, n = B.shape[1], A.shape[1]
@@ -22,7 +22,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
         for c in range(ch):
             h = np.zeros(n)
             k = c // cg
-            for t in range(length):
+            backwards = reverse is not None and len(reverse) > 0 and reverse[k]
+            for t in (range(length - 1, -1, -1) if backwards else range(length)):
                 dt = delta[b, c, t] + (0.0 if delta_bias is None else float(delta_bias[c]))
                 if delta_softplus:
                     dt = softplus(dt)

@@ -107,7 +107,7 @@ def lib():
     P, I64, I, SZ = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_size_t
     h.dm_cuda_abi_version.restype = I
     h.dm_cuda_error_string.argtypes, h.dm_cuda_error_string.restype = [I], ctypes.c_char_p
-    h.dm_selective_scan.argtypes = [P] * 8 + [I64] * 5 + [I, I, P]
+    h.dm_selective_scan.argtypes = [P] * 8 + [I64] * 5 + [I, I, P, ctypes.c_uint64]
     h.dm_deform_gather.argtypes = [P] * 4 + [I64] * 7 + [I, P]
     h.dm_token_sort_workspace_size.argtypes = [I64, I64, ctypes.POINTER(SZ)]
     h.dm_token_sort.argtypes = [P, P, P, I64, I64, I, I, P, SZ, P]
@@ -115,7 +115,7 @@ def lib():
     for f in ("dm_selective_scan", "dm_deform_gather", "dm_token_sort_workspace_size", "dm_token_sort",
               "dm_token_sort_keys"):
         getattr(h, f).restype = I
-    assert h.dm_cuda_abi_version() == 1
+    assert h.dm_cuda_abi_version() == 2, "libdefmamba_cuda_kernels.so is outdated: rebuild it"
     h.path = path
     _LIB = h
     return h
@@ -138,12 +138,13 @@ def _check(err: int, what: str):
 
 
 # ---- kernel wrappers -------------------------------------------------------------------------------
-def cuda_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out=None):
+def cuda_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out=None, reverse=None):
     bt, ch, L = u.shape
     g, n = B.shape[1], B.shape[2]
     y = torch.empty_like(u) if out is None else out
+    mask = sum(1 << i for i, r in enumerate(reverse or ()) if r)  # reverse: one 0/1 flag per group
     err = lib().dm_selective_scan(_ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(delta_bias), _ptr(y),
-                                  bt, ch, g, n, L, int(bool(delta_softplus)), DTYPE_CODE[u.dtype], _stream())
+                                  bt, ch, g, n, L, int(bool(delta_softplus)), DTYPE_CODE[u.dtype], _stream(), mask)
     _check(err, "dm_selective_scan")
     return y
 
@@ -205,9 +206,9 @@ def scan_inputs(bt, ch, g, n, L, dtype, softplus=True, with_d_bias=True, seed=0)
                 delta_bias=bias if with_d_bias else None)
 
 
-def scan_reference(inp, softplus=True):
+def scan_reference(inp, softplus=True, reverse=None):
     d = {k: (v.double() if v is not None else None) for k, v in inp.items()}
-    return ref_selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["delta_bias"], softplus)
+    return ref_selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["delta_bias"], softplus, reverse)
 
 
 def assert_scan_close(y, ref, out_rel=0.0):
@@ -260,6 +261,25 @@ def test_selective_scan(case):
     assert_scan_close(y, scan_reference(inp, sp), out_rel=2.0**-11 if dtype == F16 else 0.0)
     y2 = cuda_selective_scan(**inp, delta_softplus=sp)
     assert torch.equal(y, y2), "not deterministic"
+
+
+SCAN_REVERSE_CASES = [  # (Bt, Ch, G, N, L, dtype, reverse: one 0/1 flag per group)
+    (1, 288, 3, 16, 3136, F16, (0, 1, 0)),  # DefMamba-S stage 1: the reversed-raster branch (team 128)
+    (2, 6, 3, 16, 1001, F32, (1, 0, 1)),  # partial last run (L % 8 != 0), unaligned reversed runs
+    (5, 7, 7, 16, 77, F16, (1, 0, 0, 1, 1, 0, 1)),  # team 32: blocks of 4 rows mixing both directions
+]
+
+
+@parametrize("case", SCAN_REVERSE_CASES, ids=lambda c: "Bt{}_Ch{}_G{}_N{}_L{}_{}_rev{}".format(
+    *c[:5], str(c[5]).split(".")[-1], "".join(map(str, c[6]))))
+def test_selective_scan_reverse(case):
+    # reversed groups scan t = L-1 .. 0: the reference computes them as flip(scan(flip(inputs)))
+    lib()
+    bt, ch, g, n, L, dtype, reverse = case
+    inp = scan_inputs(bt, ch, g, n, L, dtype, seed=L + g)
+    y = cuda_selective_scan(**inp, reverse=reverse)
+    _sync()
+    assert_scan_close(y, scan_reference(inp, reverse=reverse), out_rel=2.0**-11 if dtype == F16 else 0.0)
 
 
 def test_selective_scan_unaligned_pointers():

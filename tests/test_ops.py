@@ -65,6 +65,33 @@ def test_selective_scan_work_splitting(monkeypatch):
     torch.testing.assert_close(selective_scan(**args), full, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shape,reverse", [((2, 6, 3, 16, 33), (0, 1, 0)), ((1, 6, 3, 4, 1), (1, 1, 1)),
+                                           ((2, 4, 2, 5, 50), (1, 0)), ((1, 3, 1, 8, 257), (1,))])
+def test_selective_scan_reverse_groups(shape, reverse):
+    """A flagged group runs t = L-1 .. 0 (the naive loop iterates backwards: no flips there)."""
+    args = scan_inputs(*shape)
+    ref = naive_ops.selective_scan(**{k: v.numpy() for k, v in args.items()}, reverse=reverse)
+    out64 = selective_scan(**{k: v.double() for k, v in args.items()}, reverse=reverse)
+    np.testing.assert_allclose(out64.numpy(), ref, rtol=1e-10, atol=1e-10)
+    out = selective_scan(**args, reverse=reverse)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=2e-5 * max(1.0, np.abs(ref).max()))
+    if not all(reverse):  # the forward groups are unchanged by the flags of the others
+        fwd = selective_scan(**args)
+        cg = shape[1] // shape[2]
+        for gi, r in enumerate(reverse):
+            if not r:
+                torch.testing.assert_close(out[:, gi * cg:(gi + 1) * cg], fwd[:, gi * cg:(gi + 1) * cg], rtol=0, atol=0)
+
+
+def test_selective_scan_bad_reverse():
+    args = scan_inputs(1, 6, 3, 4, 10)
+    with pytest.raises(ValueError, match=r"one 0/1 flag per group \(G=3\), got 2"):
+        selective_scan(**args, reverse=(0, 1))
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        selective_scan(**args, reverse=(0, 2, 0))
+    torch.testing.assert_close(selective_scan(**args, reverse=()), selective_scan(**args), rtol=0, atol=0)
+
+
 def test_selective_scan_bad_shapes():
     args = scan_inputs(1, 6, 3, 4, 10)
     with pytest.raises(ValueError, match="G=4 must divide Ch=6"):

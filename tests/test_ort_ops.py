@@ -218,6 +218,33 @@ def test_selective_scan_errors():
 def test_selective_scan_bad_attribute():
     with pytest.raises(Exception, match=r"SelectiveScan: attribute 'delta_softplus' must be 0 or 1, got 2"):
         scan_session(delta_softplus=2)
+    with pytest.raises(Exception, match=r"SelectiveScan: attribute 'reverse' must hold 0 or 1 per group, got 2"):
+        scan_session(reverse=[0, 2, 0])
+    with pytest.raises(Exception, match=r"SelectiveScan: attribute 'reverse' must be a list of ints, got an int"):
+        scan_session(reverse=1)
+    rng = np.random.default_rng(6)
+    feeds = scan_inputs(rng, 1, 6, 3, 16, 10)
+    _run_expect_error(scan_session(reverse=[0, 1]), feeds,
+                      r"SelectiveScan: attribute 'reverse' has 2 entries but the inputs have G = 3 groups")
+
+
+def test_selective_scan_reverse_matches_flipped_forward():
+    """A reversed group is exactly (bit for bit) the flipped forward scan of flipped inputs."""
+    rng = np.random.default_rng(9)
+    feeds = scan_inputs(rng, 2, 48, 3, 16, 300)
+    (y_rev,) = scan_session(reverse=[0, 1, 0]).run(None, feeds)
+    flipped = dict(feeds)
+    cg = 16
+    for k in ("u", "delta"):
+        flipped[k] = feeds[k].copy()
+        flipped[k][:, cg:2 * cg] = feeds[k][:, cg:2 * cg, ::-1]
+    for k in ("B", "C"):
+        flipped[k] = feeds[k].copy()
+        flipped[k][:, 1] = feeds[k][:, 1, :, ::-1]
+    (y_fwd,) = scan_session().run(None, flipped)
+    np.testing.assert_array_equal(y_rev[:, cg:2 * cg], y_fwd[:, cg:2 * cg, ::-1])
+    np.testing.assert_array_equal(y_rev[:, :cg], y_fwd[:, :cg])
+    np.testing.assert_array_equal(y_rev[:, 2 * cg:], y_fwd[:, 2 * cg:])
 
 
 # ---- DeformGather --------------------------------------------------------------------------------

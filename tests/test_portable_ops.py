@@ -13,6 +13,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 import naive_ops
+from defmamba_deploy.errors import UsageError
 from defmamba_deploy.onnx.portable import expand_custom_ops
 from defmamba_deploy.ops import deform_gather, selective_scan, token_sort
 from defmamba_deploy.ops.token_sort import sort_key
@@ -217,6 +218,33 @@ def test_selective_scan_without_softplus_d_and_bias(impl):
         (y,) = sess.run(None, {k: v.numpy() for k, v in args.items()})
         ref = selective_scan(**args, delta_softplus=False).numpy()
         np.testing.assert_allclose(y, ref, rtol=0, atol=scan_tolerance(ref))
+
+
+@pytest.mark.parametrize("impl", ["chunked", "sequential"])
+def test_selective_scan_reverse(impl):
+    model = scan_model()
+    reverse = [1, 0, 1]
+    model.graph.node[0].attribute.append(oh.make_attribute("reverse", reverse))
+    sess, _ = portable_session(model, scan_impl=impl)
+    for i, shape in enumerate([(2, 6, 3, 16, 1), (2, 6, 3, 4, 33), (1, 9, 3, 8, 600)]):
+        args = scan_inputs(*shape, seed=i)
+        (y,) = sess.run(None, {k: v.numpy() for k, v in args.items()})
+        ref = selective_scan(**args, reverse=reverse).numpy()
+        np.testing.assert_allclose(y, ref, rtol=0, atol=scan_tolerance(ref))
+        if shape[-1] <= 50:
+            naive = naive_ops.selective_scan(**{k: v.numpy() for k, v in args.items()}, reverse=reverse)
+            np.testing.assert_allclose(y, naive, rtol=0, atol=scan_tolerance(naive))
+
+
+def test_selective_scan_reverse_wrong_length():
+    """With G known statically, a flag list of another length is refused when expanding."""
+    node = oh.make_node("SelectiveScan", SCAN_NAMES, ["y"], domain="defmamba", reverse=[0, 1])
+    shapes = {"u": [1, 6, 10], "delta": [1, 6, 10], "A": [6, 4], "B": [1, 3, 4, 10], "C": [1, 3, 4, 10], "D": [6],
+              "delta_bias": [6]}
+    inputs = [oh.make_tensor_value_info(n, FLOAT, shapes[n]) for n in SCAN_NAMES]
+    model = custom_model([node], inputs, [oh.make_tensor_value_info("y", FLOAT, [1, 6, 10])])
+    with pytest.raises(UsageError, match=r"'reverse' has 2 flags but B has G = 3 groups"):
+        expand_custom_ops(model)
 
 
 def test_selective_scan_half_io():

@@ -42,7 +42,8 @@ SelectiveScan (``u, delta`` (Bt, Ch, L), ``A`` (Ch, N), ``B, C`` (Bt, G, N, L), 
     large x in a naive backend). Channels are viewed as (G, Cg) with Cg = Ch / G taken from the
     shapes; the decays ``exp(dt * A)`` and inputs ``(dt * u) * B`` are materialised once; the
     recurrence ``h = a_t * h + b_t``, ``y_t = ReduceSum(h * C_t)`` over N runs in an ONNX ``Scan``;
-    finally ``y + D * u``. Every value is the reference's float32 recurrence (state and exp in
+    finally ``y + D * u``. Groups flagged in ``reverse`` get their time axis reversed (``Slice`` with
+    step -1, selected per group with ``Where``) before the scan and again after it. Every value is the reference's float32 recurrence (state and exp in
     float32), only re-associated; no approximation. The state is laid out (..., G, N, Cg), channels
     innermost, so that every broadcasting product runs over contiguous rows of Cg (96..2304)
     elements: ~1.3x faster in ORT than (..., G, Cg, N) with rows of N = 16. ``scan_impl``:
@@ -82,6 +83,8 @@ import onnx
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
+
+from ..errors import UsageError
 
 DOMAIN = "defmamba"
 MIN_OPSET = 17
@@ -381,6 +384,13 @@ def _attr_int(node: NodeProto, name: str, default: int) -> int:
     return default
 
 
+def _attr_ints(node: NodeProto, name: str) -> list[int]:
+    for a in node.attribute:
+        if a.name == name:
+            return [int(v) for v in oh.get_attribute_value(a)]
+    return []
+
+
 # ------------------------------------------------------------------------------------- TokenSort
 
 def _expand_token_sort(em: _Emitter, node: NodeProto) -> None:
@@ -527,6 +537,9 @@ def _expand_selective_scan(em: _Emitter, node: NodeProto) -> None:
     tm = [3, 0, 1, 2]
     dt_t, du_t = em.op("Transpose", dt4, perm=tm, hint="dt_t"), em.op("Transpose", du4, perm=tm, hint="du_t")
     B_t, C_t = em.op("Transpose", B_c, perm=tm, hint="B_t"), em.op("Transpose", C_c, perm=tm, hint="C_t")
+    flip_groups = _reverse_selector(em, node, B)
+    if flip_groups:  # groups that scan backwards: their time axis reversed before and after the scan
+        dt_t, du_t, B_t, C_t = (flip_groups(x, tag) for x, tag in ((dt_t, "dt"), (du_t, "du"), (B_t, "B"), (C_t, "C")))
     impl = em.ctx.scan_impl
     if impl == "auto":
         static_length = em.static_dim(u, 2)
@@ -535,11 +548,34 @@ def _expand_selective_scan(em: _Emitter, node: NodeProto) -> None:
         y_t = _sequential_scan(em, dt_t, du_t, A3, B_t, C_t)
     else:
         y_t = _chunked_scan(em, dt_t, du_t, A3, B_t, C_t, length)
+    if flip_groups:
+        y_t = flip_groups(y_t, "y")
     y_groups = em.op("Transpose", y_t, perm=[1, 2, 3, 0], hint="y_groups")  # (L, Bt, G, Cg) -> (Bt, G, Cg, L)
     y = em.op("Reshape", y_groups, em.op("Shape", u_c), hint="y_scan")  # (Bt, Ch, L)
     if D:  # optional ('' = no skip term)
         y = em.op("Add", y, em.op("Mul", em.op("Unsqueeze", em.to(D, cd), em.i64(1)), u_c), hint="y_skip")
     em.finish(y, _output(em, node, 0, "y"), u, cd)
+
+
+def _reverse_selector(em: _Emitter, node: NodeProto, B: str) -> Callable[[str, str], str] | None:
+    """For a ``reverse`` attribute with a 1: a function that flips the time axis (0) of the flagged
+    groups of a time-major (L, Bt, G, X) tensor, ``Where(flag[g], x[::-1], x)`` (exact data movement)."""
+    flags = _attr_ints(node, "reverse")
+    if not any(flags):
+        return None
+    if any(v not in (0, 1) for v in flags):
+        raise UsageError(f"{node.name or 'SelectiveScan'}: attribute 'reverse' must hold 0/1 flags, got {flags}")
+    groups = em.static_dim(B, 1)
+    if groups is not None and groups != len(flags):
+        raise UsageError(f"{node.name or 'SelectiveScan'}: attribute 'reverse' has {len(flags)} flags but B has "
+                         f"G = {groups} groups; give one 0/1 flag per group")
+    mask = em.const(np.array(flags, bool).reshape(1, 1, -1, 1), TensorProto.BOOL, hint="reverse_mask")  # (1, 1, G, 1)
+
+    def flip(x: str, tag: str) -> str:
+        backwards = em.op("Slice", x, em.i64(-1), em.i64(-(2**63)), em.i64(0), em.i64(-1), hint=f"{tag}_flipped")
+        return em.op("Where", mask, backwards, x, hint=f"{tag}_dir")
+
+    return flip
 
 
 def _decays_and_inputs(em: _Emitter, dt: str, du: str, A3: str, B: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ OP_SPECS: dict[str, dict] = {
     "SelectiveScan": {
         "inputs": ["u", "delta", "A", "B", "C", "D", "delta_bias"],
         "outputs": ["y"],
-        "attributes": {"delta_softplus": ("int", 1)},
+        "attributes": {"delta_softplus": ("int", 1), "reverse": ("ints", [])},
     },
     "DeformGather": {"inputs": ["x", "offset", "rpe_table"], "outputs": ["feat"], "attributes": {}},
     "TokenSort": {"inputs": ["token_offset"], "outputs": ["perm", "inv_perm"], "attributes": {}},
@@ -63,7 +63,10 @@ def _schema(op: str) -> defs.OpSchema:
         inputs = [P("u", "T"), P("delta", "T"), P("A", "F"), P("B", "T"), P("C", "T"), P("D", "F"), P("delta_bias", "F")]
         outputs = [P("y", "T")]
         constraints = [("T", FLOAT_TYPES, "activations"), ("F", ["tensor(float)"], "parameters, always float32")]
-        attributes = [S.Attribute("delta_softplus", defs.OpSchema.AttrType.INT, "apply softplus to delta + delta_bias (1) or not (0)")]
+        attributes = [S.Attribute("delta_softplus", defs.OpSchema.AttrType.INT, "apply softplus to delta + delta_bias (1) or not (0)"),
+                      S.Attribute("reverse", defs.OpSchema.AttrType.INTS,
+                                  "optional, one 0/1 flag per group: 1 = the group scans backwards in time (t = L-1 .. 0)",
+                                  required=False)]
         infer = _infer_scan
     elif op == "DeformGather":
         inputs = [P("x", "T"), P("offset", "T"), P("rpe_table", "T")]

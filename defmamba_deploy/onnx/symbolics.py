@@ -17,12 +17,15 @@ from .schemas import DOMAIN
 
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):  # noqa: N803
-        return REFERENCE["selective_scan"](u, delta, A, B, C, D, delta_bias, delta_softplus)
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus: bool, reverse: tuple = ()):  # noqa: N803
+        return REFERENCE["selective_scan"](u, delta, A, B, C, D, delta_bias, delta_softplus, reverse)
 
     @staticmethod
-    def symbolic(g, u, delta, A, B, C, D, delta_bias, delta_softplus):  # noqa: N803
-        y = g.op(f"{DOMAIN}::SelectiveScan", u, delta, A, B, C, D, delta_bias, delta_softplus_i=int(delta_softplus))
+    def symbolic(g, u, delta, A, B, C, D, delta_bias, delta_softplus, reverse=()):  # noqa: N803
+        attrs = {"delta_softplus_i": int(delta_softplus)}
+        if any(reverse):  # the attribute only where a group runs backwards: other graphs stay as they were
+            attrs["reverse_i"] = [int(v) for v in reverse]
+        y = g.op(f"{DOMAIN}::SelectiveScan", u, delta, A, B, C, D, delta_bias, **attrs)
         y.setType(u.type())
         return y
 
@@ -55,7 +58,8 @@ class TokenSortFn(torch.autograd.Function):
 def export_implementations() -> dict:
     """Implementations to pass to ``ops.use_implementations`` while exporting."""
     return {
-        "selective_scan": lambda u, d, A, B, C, D, db, sp=True: SelectiveScanFn.apply(u, d, A, B, C, D, db, bool(sp)),
+        "selective_scan": lambda u, d, A, B, C, D, db, sp=True, rev=None: SelectiveScanFn.apply(
+            u, d, A, B, C, D, db, bool(sp), tuple(int(v) for v in rev or ())),
         "deform_gather": DeformGatherFn.apply,
         "token_sort": TokenSortFn.apply,
     }

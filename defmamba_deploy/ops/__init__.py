@@ -41,7 +41,9 @@ def use_implementations(**impls: Callable) -> Iterator[None]:
         _active.update(saved)
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = True):
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus: bool = True, reverse=None):
+    if reverse is not None and any(reverse):
+        return _active["selective_scan"](u, delta, A, B, C, D, delta_bias, delta_softplus, reverse)
     return _active["selective_scan"](u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 

@@ -13,6 +13,11 @@ Contract (``defmamba::SelectiveScan``)::
     h_t[n] = exp(dt_t * A[c,n]) * h_{t-1}[n] + dt_t * B[b,g,n,t] * u[b,c,t]      (h_{-1} = 0)
     y[b,c,t] = sum_n C[b,g,n,t] * h_t[n] + D[c] * u[b,c,t]
 
+    reverse  : None/empty, or one 0/1 flag per group (attribute ``reverse``): a flagged group scans
+               backwards, t = L-1 .. 0 (h_L = 0, h_t from h_{t+1}); its channels are exactly
+               flip(scan(flip(u, delta, B, C))) along L. DefMamba's second branch (the reversed
+               raster order) uses it instead of flipping its input and output.
+
 softplus(v) = v if v > 20 else log1p(exp(v)) (PyTorch's threshold rule). The recurrence is computed
 in float32 (state and exp) whatever the I/O dtype, or in float64 when any input is float64.
 
@@ -28,6 +33,7 @@ one-pass version with a cumprod, and the per-token loop of the authors' referenc
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +65,26 @@ def _check(u, delta, A, B, C, D, delta_bias) -> tuple[int, int, int, int, int]:
         if t is not None and t.shape != (ch,):
             raise ValueError(f"selective_scan: {name} must be (Ch={ch},), got {tuple(t.shape)}")
     return bt, ch, length, n, g
+
+
+def reversed_groups(reverse: Sequence[int] | None, groups: int) -> list[int]:
+    """The indices of the groups that scan backwards; validates ``reverse`` (None/empty or G 0/1 flags)."""
+    if reverse is None or len(reverse) == 0:
+        return []
+    flags = [int(v) for v in reverse]
+    if len(flags) != groups:
+        raise ValueError(f"selective_scan: reverse must have one 0/1 flag per group (G={groups}), got {len(flags)}: {flags}")
+    if any(v not in (0, 1) for v in flags):
+        raise ValueError(f"selective_scan: reverse flags must be 0 or 1, got {flags}")
+    return [i for i, v in enumerate(flags) if v]
+
+
+def _flip_groups(x: torch.Tensor, groups: list[int]) -> torch.Tensor:
+    """x (Bt, G, ..., L) with the time axis of the listed groups reversed (a copy)."""
+    out = x.clone()
+    idx = torch.tensor(groups, device=x.device)
+    out[:, idx] = x[:, idx].flip(-1)
+    return out
 
 
 def _chunk_geometry(length: int) -> tuple[int, int]:
@@ -114,9 +140,16 @@ def selective_scan(
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
+    reverse: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Selective scan y = S6(u, delta, A, B, C, D); see the module docstring for the contract."""
     bt, ch, length, n, g = _check(u, delta, A, B, C, D, delta_bias)
+    flipped = reversed_groups(reverse, g)
+    if flipped:  # exactly flip(scan(flip(inputs))) along L for those groups: pure data movement
+        u, delta = (_flip_groups(t.reshape(bt, g, ch // g, length), flipped).reshape(bt, ch, length) for t in (u, delta))
+        B, C = _flip_groups(B, flipped), _flip_groups(C, flipped)
+        y = selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        return _flip_groups(y.reshape(bt, g, ch // g, length), flipped).reshape(bt, ch, length)
     out_dtype = u.dtype
     cd = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     cg = ch // g

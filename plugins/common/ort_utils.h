@@ -213,5 +213,30 @@ inline int64_t int_attribute(const OrtApi& api, const OrtKernelInfo* info, const
   return fallback;
 }
 
+// Reads an optional int64-list attribute (ONNX INTS); a missing attribute gives an empty list.
+inline std::vector<int64_t> ints_attribute(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                                           const char* name) {
+  size_t size = 0;
+  OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (st != nullptr) api.ReleaseStatus(st);
+  if (st != nullptr || size == 0) {  // absent, empty, or a single int (ORT reports that as an empty list)
+    int64_t scalar = 0;
+    OrtStatus* st1 = api.KernelInfoGetAttribute_int64(info, name, &scalar);
+    if (st1 == nullptr) fail(op, std::string("attribute '") + name + "' must be a list of ints, got an int");
+    api.ReleaseStatus(st1);
+    return {};
+  }
+  std::vector<int64_t> values(size);
+  if (size > 0) {
+    st = api.KernelInfoGetAttributeArray_int64(info, name, values.data(), &size);
+    if (st != nullptr) {
+      std::string msg = api.GetErrorMessage(st);
+      api.ReleaseStatus(st);
+      fail(op, std::string("cannot read attribute '") + name + "': " + msg);
+    }
+  }
+  return values;
+}
+
 }  // namespace ort
 }  // namespace defmamba

@@ -245,6 +245,32 @@ inline std::optional<int64_t> readIntField(nvinfer1::PluginFieldCollection const
              << fieldTypeName(f->type)).raise();
 }
 
+// Integer list field: TensorRT's ONNX parser passes an ONNX INTS attribute as a kINT32 array; kINT64 is
+// accepted too (C++/Python callers). Length 0 is an empty list. Returns nullopt when the field is absent.
+inline std::optional<std::vector<int64_t>> readIntsField(nvinfer1::PluginFieldCollection const* fc,
+                                                         char const* name) {
+  using nvinfer1::PluginFieldType;
+  nvinfer1::PluginField const* f = findField(fc, name);
+  if (f == nullptr) return std::nullopt;
+  if (f->type != PluginFieldType::kINT32 && f->type != PluginFieldType::kINT64) {
+    (Message() << "plugin field '" << name << "' must be a list of integers (kINT32 or kINT64), got "
+               << fieldTypeName(f->type)).raise();
+  }
+  if (f->length < 0) (Message() << "plugin field '" << name << "' has a negative length " << f->length).raise();
+  if (f->length > 0 && f->data == nullptr) (Message() << "plugin field '" << name << "' has no data").raise();
+  std::vector<int64_t> values(static_cast<size_t>(f->length));
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (f->type == PluginFieldType::kINT32) {
+      int32_t v;
+      std::memcpy(&v, static_cast<char const*>(f->data) + i * sizeof v, sizeof v);
+      values[i] = v;
+    } else {
+      std::memcpy(&values[i], static_cast<char const*>(f->data) + i * sizeof(int64_t), sizeof(int64_t));
+    }
+  }
+  return values;
+}
+
 // Fields written by getFieldsToSerialize / advertised by getFieldNames; the collection points into this
 // object, so it stays valid as long as the object does.
 class FieldList {

@@ -419,7 +419,8 @@ struct ChunkArgs {
   float* hs;
   const char* const* pf;
   int64_t n_pf;
-  bool clamp;  // false: every dt * a is known to lie in (-2^17, 2^17) (the unclamped exp2 applies)
+  bool clamp;    // false: every dt * a is known to lie in (-2^17, 2^17) (the unclamped exp2 applies)
+  bool reverse;  // the rows are visited tn-1 .. 0 (a group that scans backwards in time)
 };
 
 DM_ALWAYS_INLINE void prefetch_step(const ChunkArgs& c, int64_t t, int64_t per_step) {
@@ -440,8 +441,9 @@ DM_ALWAYS_INLINE void scan_chunk16(const ChunkArgs& c) {
   const int64_t per_step = (c.n_pf + c.tn - 1) / c.tn;
   V h[kNS];
   for (int n = 0; n < kNS; ++n) h[n] = vload<V>(c.hs + n * W);
-  for (int64_t t = 0; t < c.tn; ++t) {
-    prefetch_step(c, t, per_step);
+  const int64_t step = c.reverse ? -1 : 1;
+  for (int64_t i = 0, t = c.reverse ? c.tn - 1 : 0; i < c.tn; ++i, t += step) {
+    prefetch_step(c, i, per_step);
     const V d = vload<V>(c.dt + t * W), du = vload<V>(c.dtu + t * W);
     const float* DM_RESTRICT b = c.bt + t * kNS;
     const float* DM_RESTRICT cc = c.ct + t * kNS;
@@ -466,8 +468,9 @@ DM_ALWAYS_INLINE void scan_chunk_any(const ChunkArgs& c) {
   const int64_t N = c.n_state;
   const int64_t per_step = (c.n_pf + c.tn - 1) / c.tn;
   float* DM_RESTRICT hs = c.hs;
-  for (int64_t t = 0; t < c.tn; ++t) {
-    prefetch_step(c, t, per_step);
+  const int64_t step = c.reverse ? -1 : 1;
+  for (int64_t i = 0, t = c.reverse ? c.tn - 1 : 0; i < c.tn; ++i, t += step) {
+    prefetch_step(c, i, per_step);
     const V d = vload<V>(c.dt + t * W), du = vload<V>(c.dtu + t * W);
     const float* DM_RESTRICT b = c.bt + t * N;
     const float* DM_RESTRICT cc = c.ct + t * N;
@@ -535,6 +538,7 @@ struct BlockArgs {
   int64_t length, n_state;
   int64_t lanes;  // channels in this block (<= W)
   bool softplus;
+  bool reverse;    // the block's group scans backwards in time
   const T* u;      // row of the block's first channel; channel l at u + l * length
   const T* delta;  // likewise
   T* y;            // likewise
@@ -548,6 +552,7 @@ struct BlockArgs {
   const T* next_delta;
   T* next_y;
   int64_t next_lanes;
+  bool next_reverse;
 };
 
 // Floats of scratch one task needs (block_impl: 64-byte aligned buffers + the prefetch list).
@@ -603,16 +608,31 @@ DM_ALWAYS_INLINE void block_impl(const BlockArgs<T>& p, float* scratch_raw) {
       hs[n * W + l] = 0.0f;
     }
 
-  for (int64_t t0 = 0; t0 < L; t0 += kChunk) {
-    const int64_t tn = L - t0 < kChunk ? L - t0 : kChunk;
+  // chunk k covers [k kChunk, (k + 1) kChunk) of the time axis, or for a reversed group the k-th
+  // kChunk steps from the end, [L - (k + 1) kChunk, L - k kChunk), clipped to [0, L); the rows of a
+  // chunk stay in time order in the buffers and a reversed group visits them last to first. So a
+  // reversed group gives exactly flip(forward scan of the flipped inputs): the same chunks, the same
+  // operations in the same order.
+  const auto chunk_range = [L](int64_t k, bool reverse, int64_t* t0, int64_t* tn) {
+    const int64_t a = k * kChunk, b = a + kChunk < L ? a + kChunk : L;
+    *t0 = reverse ? L - b : a;
+    *tn = b - a;
+  };
+  const int64_t n_chunks = (L + kChunk - 1) / kChunk;
+  for (int64_t k = 0; k < n_chunks; ++k) {
+    int64_t t0, tn;
+    chunk_range(k, p.reverse, &t0, &tn);
     const int64_t tp = (tn + W - 1) / W * W;  // padded to whole tiles
     // the lines the recurrence prefetches: the next chunk, or the next block's first chunk
     int64_t n_pf = 0;
-    if (t0 + kChunk < L) {
-      const int64_t nn = L - t0 - kChunk < kChunk ? L - t0 - kChunk : kChunk;
-      n_pf = add_prefetch(pf, 0, p.u, p.delta, p.y, L, lanes, t0 + kChunk, nn);
+    if (k + 1 < n_chunks) {
+      int64_t nt0, nn;
+      chunk_range(k + 1, p.reverse, &nt0, &nn);
+      n_pf = add_prefetch(pf, 0, p.u, p.delta, p.y, L, lanes, nt0, nn);
     } else if (p.next_lanes > 0) {
-      n_pf = add_prefetch(pf, 0, p.next_u, p.next_delta, p.next_y, L, p.next_lanes, 0, L < kChunk ? L : kChunk);
+      int64_t nt0, nn;
+      chunk_range(0, p.next_reverse, &nt0, &nn);
+      n_pf = add_prefetch(pf, 0, p.next_u, p.next_delta, p.next_y, L, p.next_lanes, nt0, nn);
     }
     // float I/O and a whole (W, kChunk) tile: transpose straight from / to the tensors
     const bool direct = std::is_same<T, float>::value && lanes == W && tn == kChunk;
@@ -647,7 +667,7 @@ DM_ALWAYS_INLINE void block_impl(const BlockArgs<T>& p, float* scratch_raw) {
     const float dtmax = Stages::prepass(W > 1 ? (tn + 3) / 4 * 4 : tn, p.softplus, bias, dt, uf, dtu);
     // c. recurrence; |dt a| < 2^17 for the whole chunk (false for inf) -> no clamps needed
     const bool in_range = dtmax * amax < 131072.0f;
-    const ChunkArgs c{tn, N, dt, dtu, uf, a, dsk, p.bt + t0 * N, p.ct + t0 * N, yb, hs, pf, n_pf, !in_range};
+    const ChunkArgs c{tn, N, dt, dtu, uf, a, dsk, p.bt + t0 * N, p.ct + t0 * N, yb, hs, pf, n_pf, !in_range, p.reverse};
     Stages::scan(c);
     // d. y -> (W, tp), store the valid part
     if (direct) {
@@ -798,6 +818,10 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
       size_t blk_begin, blk_end;
       split_range(n_blocks, n_tasks, task, &blk_begin, &blk_end);
       std::unique_ptr<float[]> scratch(new float[scratch_floats]());
+      const auto reversed = [&](size_t blk) {
+        const int64_t g = static_cast<int64_t>(blk) / blocks_per_group;
+        return g < 64 && ((s.reverse_mask >> g) & 1u) != 0;
+      };
       const auto first_channel = [&](size_t blk, int64_t* lanes) {
         const int64_t j = static_cast<int64_t>(blk) % blocks_per_group;
         *lanes = ch_per_group - j * W < W ? ch_per_group - j * W : W;
@@ -814,6 +838,7 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
                                 N,
                                 lanes,
                                 delta_softplus,
+                                reversed(blk),
                                 u + row,
                                 delta + row,
                                 y + row,
@@ -825,7 +850,8 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
                                 u + next_row,
                                 delta + next_row,
                                 y + next_row,
-                                next_lanes};
+                                next_lanes,
+                                blk + 1 < blk_end && reversed(blk + 1)};
         var.block(args, scratch.get());
       }
     });

@@ -15,6 +15,9 @@ struct SelectiveScanShape {
   int64_t groups;    // G: channel c uses B/C group c / (Ch / G)
   int64_t state;     // N (16 in DefMamba; any N >= 1 works, N == 16 keeps the states in registers)
   int64_t length;    // L
+  // Bit g set: group g scans backwards in time (t = L-1 .. 0; h starts at 0 after t = L-1), i.e. its
+  // channels give flip(scan(flip(inputs))) along L. Groups >= 64 cannot be reversed.
+  uint64_t reverse_mask = 0;
 };
 
 // Contiguous row-major tensors:
@@ -23,6 +26,7 @@ struct SelectiveScanShape {
 //   dt = delta + delta_bias[c]; if (delta_softplus) dt = softplus(dt)
 //   h[n] = exp(dt * A[c,n]) * h[n] + dt * B[b,g,n,t] * u      (h starts at 0)
 //   y = sum_n C[b,g,n,t] * h[n] + D[c] * u
+// t runs 0 .. L-1, or L-1 .. 0 for the groups in s.reverse_mask.
 // Channels are computed W at a time in SIMD lanes (W = 16 AVX-512, 8 AVX2, 4 SSE2; see cpu_kernel.cpp).
 // Scratch: one float buffer of Bt-independent size 2*G*N*L (B, C transposed to (L, N) per batch)
 // plus ~(384 + 2*N)*W floats per task, independent of L; allocated per call, never inside the time loop.

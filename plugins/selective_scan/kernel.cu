@@ -17,6 +17,9 @@
 // dependency is only log2(kThreads) shuffle/shared-memory steps per chunk, and a row of any length
 // (1 .. 2^31) runs in one block with fixed registers. The team size is picked from the shape only
 // (long rows and few rows -> larger teams), so results do not depend on the GPU model.
+// Reversed groups (reverse_mask): a row of such a group is scanned in reverse time order, i.e. scan
+// step s reads and writes position L-1-s (load_seq/store_seq); everything else is unchanged. A launch
+// with an empty mask runs the kernel instantiated without that code (the forward path as it was).
 // No device allocation, no host synchronisation: one kernel launch on the given stream.
 #include "selective_scan/kernel.h"
 
@@ -38,6 +41,44 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // the sequential recurrence then has a finite state, not inf*0 = NaN.
 __device__ __forceinline__ float apply_map(float a, float b, float h) { return h == 0.0f ? b : a * h + b; }
 
+// A thread's run of scan steps [ts, ts + K) of a row (`count` of them exist, the rest get `fill`).
+// Forward rows: elements row[ts + i], cuda::load_run. Reversed rows: step ts + i is element
+// row[L-1-ts-i], so a whole run is the memory run [L-ts-K, L-ts) backwards: loaded with load_run (vector
+// loads where aligned) and mirrored in registers; a partial run (the row's last) element by element.
+template <int K, typename T>
+__device__ __forceinline__ void load_seq(const T* row, int64_t L, int64_t ts, int count, bool reversed, float fill,
+                                         float (&v)[K]) {
+  if (!reversed) {
+    cuda::load_run<K>(row + ts, count, fill, v);
+  } else if (count == K) {
+    float m[K];
+    cuda::load_run<K>(row + (L - ts - K), K, fill, m);
+#pragma unroll
+    for (int i = 0; i < K; ++i) v[i] = m[K - 1 - i];
+  } else {
+#pragma unroll
+    for (int i = 0; i < K; ++i) v[i] = i < count ? cuda::load_f32(row[L - 1 - ts - i]) : fill;
+  }
+}
+
+// The store of load_seq's run: row[ts + i] (forward) or row[L-1-ts-i] (reversed) = v[i] for i < count.
+template <int K, typename T>
+__device__ __forceinline__ void store_seq(T* row, int64_t L, int64_t ts, int count, bool reversed,
+                                          const float (&v)[K]) {
+  if (!reversed) {
+    cuda::store_run<K>(row + ts, count, v);
+  } else if (count == K) {
+    float m[K];
+#pragma unroll
+    for (int i = 0; i < K; ++i) m[i] = v[K - 1 - i];
+    cuda::store_run<K>(row + (L - ts - K), K, m);
+  } else {
+#pragma unroll
+    for (int i = 0; i < K; ++i)
+      if (i < count) row[L - 1 - ts - i] = cuda::store_as<T>(v[i]);
+  }
+}
+
 struct ScanParams {
   const void* u;
   const void* delta;
@@ -54,10 +95,12 @@ struct ScanParams {
   int64_t length;
   int state;
   bool softplus;
+  uint64_t reverse_mask;  // bit g: the rows of group g (< 64) scan backwards in time
 };
 
 // 128-thread blocks: at most 168 registers, so that 3 blocks (12 warps) fit an SM's 64K registers.
-template <typename T, int kThreads, int kChannels>
+// kMayReverse = false (reverse_mask == 0): every row forward, the reversed-row code is compiled out.
+template <typename T, int kThreads, int kChannels, bool kMayReverse>
 __global__ void __launch_bounds__(kThreads* kChannels, (kThreads * kChannels == 128 ? 3 : 1))
     selective_scan_kernel(const ScanParams p) {
   constexpr int K = kItems;
@@ -83,6 +126,8 @@ __global__ void __launch_bounds__(kThreads* kChannels, (kThreads * kChannels == 
   const int64_t g = c / p.ch_per_group;
   const int N = p.state;
   const int64_t L = p.length;
+  // The row's direction: uniform over the team (a team is one row, and no warp spans two teams).
+  const bool rev = kMayReverse && g < 64 && ((p.reverse_mask >> g) & 1u) != 0;
 
   const T* u = static_cast<const T*>(p.u) + row * L;
   const T* delta = static_cast<const T*>(p.delta) + row * L;
@@ -104,8 +149,8 @@ __global__ void __launch_bounds__(kThreads* kChannels, (kThreads * kChannels == 
     const int count = left >= K ? K : (left > 0 ? static_cast<int>(left) : 0);  // valid steps in the run
 
     float dt[K], du[K], uf[K], yv[K];
-    cuda::load_run<K>(delta + ts, count, 0.0f, dt);
-    cuda::load_run<K>(u + ts, count, 0.0f, uf);
+    load_seq<K>(delta, L, ts, count, rev, 0.0f, dt);
+    load_seq<K>(u, L, ts, count, rev, 0.0f, uf);
 #pragma unroll
     for (int i = 0; i < K; ++i) {
       float d = dt[i] + bias;
@@ -127,7 +172,7 @@ __global__ void __launch_bounds__(kThreads* kChannels, (kThreads * kChannels == 
         const bool has = n < N;
         const float An = has ? Arow[n] : 0.0f;
         float Bv[K];
-        cuda::load_run<K>(Bg + static_cast<int64_t>(has ? n : 0) * L + ts, has ? count : 0, 0.0f, Bv);
+        load_seq<K>(Bg + static_cast<int64_t>(has ? n : 0) * L, L, ts, has ? count : 0, rev, 0.0f, Bv);
 #pragma unroll
         for (int i = 0; i < K; ++i) {
           const bool live = has && i < count;
@@ -200,7 +245,7 @@ __global__ void __launch_bounds__(kThreads* kChannels, (kThreads * kChannels == 
         const int n = n0 + s;
         const bool has = n < N;
         float Cv[K];
-        cuda::load_run<K>(Cg + static_cast<int64_t>(has ? n : 0) * L + ts, has ? count : 0, 0.0f, Cv);
+        load_seq<K>(Cg + static_cast<int64_t>(has ? n : 0) * L, L, ts, has ? count : 0, rev, 0.0f, Cv);
         float hs = h[s];
 #pragma unroll
         for (int i = 0; i < K; ++i) {
@@ -213,7 +258,7 @@ __global__ void __launch_bounds__(kThreads* kChannels, (kThreads * kChannels == 
     if (active && count > 0) {
 #pragma unroll
       for (int i = 0; i < K; ++i) yv[i] = yv[i] + d_skip * uf[i];
-      cuda::store_run<K>(y + ts, count, yv);
+      store_seq<K>(y, L, ts, count, rev, yv);
     }
     cur ^= 1;
   }
@@ -224,8 +269,11 @@ cudaError_t launch_config(const ScanParams& p, cudaStream_t stream) {
   const int64_t blocks = cuda::ceil_div(p.rows, kChannels);
   if (blocks > cuda::kMaxGridX) return cudaErrorInvalidConfiguration;
   const size_t smem = 2 * static_cast<size_t>(kChannels) * static_cast<size_t>(p.state) * sizeof(float);
-  selective_scan_kernel<T, kThreads, kChannels>
-      <<<static_cast<unsigned>(blocks), kThreads * kChannels, smem, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>(blocks));
+  if (p.reverse_mask != 0)
+    selective_scan_kernel<T, kThreads, kChannels, true><<<grid, kThreads * kChannels, smem, stream>>>(p);
+  else
+    selective_scan_kernel<T, kThreads, kChannels, false><<<grid, kThreads * kChannels, smem, stream>>>(p);
   return cuda::launch_status();
 }
 
@@ -249,7 +297,8 @@ int team_size(int64_t rows, int64_t length) {
 template <typename T>
 cudaError_t launchSelectiveScan(const T* u, const T* delta, const float* A, const T* B, const T* C, const float* D,
                                 const float* delta_bias, T* y, int64_t batch, int64_t channels, int64_t groups,
-                                int64_t state, int64_t length, bool delta_softplus, cudaStream_t stream) {
+                                int64_t state, int64_t length, bool delta_softplus, cudaStream_t stream,
+                                uint64_t reverse_mask) {
   if (batch < 0 || channels < 0 || groups < 0 || state < 0 || length < 0) return cudaErrorInvalidValue;
   if (batch == 0 || channels == 0 || length == 0) return cudaSuccess;
   if (groups == 0 || channels % groups != 0 || state == 0 || state > kMaxState) return cudaErrorInvalidValue;
@@ -271,6 +320,8 @@ cudaError_t launchSelectiveScan(const T* u, const T* delta, const float* A, cons
   p.length = length;
   p.state = static_cast<int>(state);
   p.softplus = delta_softplus;
+  // bits of groups that do not exist are ignored (groups >= 64 cannot be reversed)
+  p.reverse_mask = groups < 64 ? reverse_mask & ((uint64_t{1} << groups) - 1) : reverse_mask;
   switch (team_size(p.rows, length)) {
     case 32: return launch_config<T, 32, 4>(p, stream);
     case 64: return launch_config<T, 64, 2>(p, stream);
@@ -281,9 +332,9 @@ cudaError_t launchSelectiveScan(const T* u, const T* delta, const float* A, cons
 
 template cudaError_t launchSelectiveScan<float>(const float*, const float*, const float*, const float*, const float*,
                                                 const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                                                int64_t, bool, cudaStream_t);
+                                                int64_t, bool, cudaStream_t, uint64_t);
 template cudaError_t launchSelectiveScan<__half>(const __half*, const __half*, const float*, const __half*,
                                                  const __half*, const float*, const float*, __half*, int64_t, int64_t,
-                                                 int64_t, int64_t, int64_t, bool, cudaStream_t);
+                                                 int64_t, int64_t, int64_t, bool, cudaStream_t, uint64_t);
 
 }  // namespace defmamba

@@ -19,7 +19,7 @@ SelectiveScanCudaOp<T>::SelectiveScanCudaOp()
 
 template <typename T>
 SelectiveScanCudaKernel<T>::SelectiveScanCudaKernel(const OrtApi& api, const OrtKernelInfo* info)
-    : delta_softplus_(read_delta_softplus(api, info)) {}
+    : delta_softplus_(read_delta_softplus(api, info)), reverse_(read_reverse(api, info)) {}
 
 template <typename T>
 void SelectiveScanCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
@@ -29,12 +29,13 @@ void SelectiveScanCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
     fail(op, "the CUDA kernel supports N <= 1024 states (dim 2 of 'B'), got N = " + std::to_string(a.state));
   Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
   if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
+  const uint64_t reverse = reverse_mask(reverse_, a.groups);  // throws unless one flag per group (or none)
   using D = typename DeviceType<T>::type;
   check_launch(op, launchSelectiveScan<D>(
                        static_cast<const D*>(a.u.data), static_cast<const D*>(a.delta.data), a.A.as<float>(),
                        static_cast<const D*>(a.B.data), static_cast<const D*>(a.C.data), a.D.as<float>(),
                        a.delta_bias.as<float>(), static_cast<D*>(y.GetTensorMutableRawData()), a.batch, a.channels,
-                       a.groups, a.state, a.length, delta_softplus_, compute_stream(ctx)));
+                       a.groups, a.state, a.length, delta_softplus_, compute_stream(ctx), reverse));
 }
 
 template struct SelectiveScanCudaKernel<float>;

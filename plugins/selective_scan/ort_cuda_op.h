@@ -1,5 +1,5 @@
 // SelectiveScan as an ONNX Runtime custom op for the CUDA execution provider (domain "defmamba").
-// Same inputs, attribute, validation and messages as the CPU op (ort_op.h); the kernel is
+// Same inputs, attributes, validation and messages as the CPU op (ort_op.h); the kernel is
 // launchSelectiveScan (kernel.h) on ORT's compute stream. Built only with DEFMAMBA_WITH_CUDA.
 #pragma once
 
@@ -17,6 +17,7 @@ struct SelectiveScanCudaKernel : CpuKernel<SelectiveScanCudaKernel<T>> {
 
  private:
   bool delta_softplus_ = true;
+  std::vector<int64_t> reverse_;  // the `reverse` attribute (read_reverse); empty: every group forward
 };
 
 // Inputs and outputs in CUDA device memory (OrtMemTypeDefault of the CUDA EP). T = float or Half.

@@ -21,6 +21,31 @@ bool read_delta_softplus(const OrtApi& api, const OrtKernelInfo* info) {
   return v != 0;
 }
 
+std::vector<int64_t> read_reverse(const OrtApi& api, const OrtKernelInfo* info) {
+  const char* op = "SelectiveScan";
+  std::vector<int64_t> rev = ints_attribute(api, info, op, "reverse");
+  for (size_t g = 0; g < rev.size(); ++g) {
+    if (rev[g] != 0 && rev[g] != 1)
+      fail(op, "attribute 'reverse' must hold 0 or 1 per group, got " + std::to_string(rev[g]) + " at index " +
+                   std::to_string(g));
+    if (rev[g] == 1 && g >= 64)
+      fail(op, "attribute 'reverse': only groups 0..63 can be reversed, got a 1 at index " + std::to_string(g));
+  }
+  return rev;
+}
+
+uint64_t reverse_mask(const std::vector<int64_t>& reverse, int64_t groups) {
+  if (reverse.empty()) return 0;
+  if (static_cast<int64_t>(reverse.size()) != groups)
+    fail("SelectiveScan", "attribute 'reverse' has " + std::to_string(reverse.size()) +
+                              " entries but the inputs have G = " + std::to_string(groups) +
+                              " groups (dim 1 of 'B'); give one 0/1 flag per group or none");
+  uint64_t mask = 0;
+  for (size_t g = 0; g < reverse.size() && g < 64; ++g)
+    if (reverse[g] != 0) mask |= uint64_t{1} << g;
+  return mask;
+}
+
 SelectiveScanArgs read_selective_scan_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type) {
   const char* op = "SelectiveScan";
   SelectiveScanArgs a{get_input(ctx, 0, op, "u"), get_input(ctx, 1, op, "delta"), get_input(ctx, 2, op, "A"),
@@ -52,14 +77,14 @@ SelectiveScanArgs read_selective_scan_args(const Ort::KernelContext& ctx, ONNXTe
 
 template <typename T>
 SelectiveScanKernel<T>::SelectiveScanKernel(const OrtApi& api, const OrtKernelInfo* info)
-    : delta_softplus_(read_delta_softplus(api, info)) {}
+    : delta_softplus_(read_delta_softplus(api, info)), reverse_(read_reverse(api, info)) {}
 
 template <typename T>
 void SelectiveScanKernel<T>::Compute(Ort::KernelContext& ctx) {
   const SelectiveScanArgs a = read_selective_scan_args(ctx, ElemType<T>::value);
   Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
   if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
-  const SelectiveScanShape s{a.batch, a.channels, a.groups, a.state, a.length};
+  const SelectiveScanShape s{a.batch, a.channels, a.groups, a.state, a.length, reverse_mask(reverse_, a.groups)};
   selective_scan_cpu<T>(s, a.u.as<T>(), a.delta.as<T>(), a.A.as<float>(), a.B.as<T>(), a.C.as<T>(), a.D.as<float>(),
                         a.delta_bias.as<float>(), delta_softplus_, static_cast<T*>(y.GetTensorMutableRawData()),
                         make_parallel(ctx));

@@ -17,6 +17,14 @@ SelectiveScanArgs read_selective_scan_args(const Ort::KernelContext& ctx, ONNXTe
 // The delta_softplus attribute (0 or 1, default 1); throws on another value or type.
 bool read_delta_softplus(const OrtApi& api, const OrtKernelInfo* info);
 
+// The optional `reverse` attribute (ints, one 0/1 flag per group; absent or empty: no group reversed).
+// Throws on a value other than 0/1 or a 1 at index >= 64 (groups that can be reversed: 0..63).
+std::vector<int64_t> read_reverse(const OrtApi& api, const OrtKernelInfo* info);
+
+// The flags as a bit mask (bit g: group g scans backwards) for a node whose inputs have G groups;
+// throws when a non-empty list does not have exactly G entries.
+uint64_t reverse_mask(const std::vector<int64_t>& reverse, int64_t groups);
+
 // Kernel for I/O type T (float or Half); A, D and delta_bias are always float32.
 template <typename T>
 struct SelectiveScanKernel : CpuKernel<SelectiveScanKernel<T>> {
@@ -26,6 +34,7 @@ struct SelectiveScanKernel : CpuKernel<SelectiveScanKernel<T>> {
 
  private:
   bool delta_softplus_ = true;
+  std::vector<int64_t> reverse_;
 };
 
 // Inputs: u, delta, A, B, C, D, delta_bias; output: y. Registered once per T.

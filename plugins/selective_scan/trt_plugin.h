@@ -13,7 +13,9 @@
 namespace defmamba {
 namespace trt {
 
-// Field: delta_softplus (kINT32 or kINT64; 0 or 1, default 1).
+// Fields: delta_softplus (kINT32 or kINT64; 0 or 1, default 1); reverse (optional kINT32 or kINT64 array,
+// one 0/1 flag per group G = dim 1 of B, 1 = the group scans backwards in time; only groups 0..63 can be
+// reversed; absent or empty = every group forward).
 class SelectiveScanPluginCreator final : public PluginCreatorBase {
  public:
   SelectiveScanPluginCreator();

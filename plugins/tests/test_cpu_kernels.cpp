@@ -28,8 +28,10 @@ static std::vector<T> cast_vec(const std::vector<float>& v) {
 }
 
 // ---- SelectiveScan ---------------------------------------------------------------------------------
+// rev: bit g set = group g scans backwards in time (the float64 reference then runs t = L-1 .. 0).
 template <typename T>
-static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, bool softplus, std::mt19937& rng) {
+static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, bool softplus, std::mt19937& rng,
+                       uint64_t rev = 0) {
   std::normal_distribution<float> nd;
   const size_t nu = Bt * Ch * L, nb = Bt * G * N * L;
   std::vector<float> u(nu), dl(nu), A(Ch * N), Bm(nb), Cm(nb), D(Ch), db(Ch);
@@ -43,7 +45,7 @@ static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, 
   // round the T inputs first so that both sides see the same values
   auto ut = cast_vec<T>(u), dlt = cast_vec<T>(dl), Bt_ = cast_vec<T>(Bm), Ct = cast_vec<T>(Cm);
   std::vector<T> y(nu);
-  selective_scan_cpu<T>({Bt, Ch, G, N, L}, ut.data(), dlt.data(), A.data(), Bt_.data(), Ct.data(), D.data(),
+  selective_scan_cpu<T>({Bt, Ch, G, N, L, rev}, ut.data(), dlt.data(), A.data(), Bt_.data(), Ct.data(), D.data(),
                         db.data(), softplus, y.data());
   double max_err = 0.0, scale = 1e-30;
   const double out_tol = std::is_same<T, float>::value ? 0.0 : std::ldexp(1.0, -11);  // fp16 output rounding
@@ -52,7 +54,9 @@ static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, 
     for (int64_t c = 0; c < Ch; ++c) {
       const int64_t g = c / (Ch / G);
       std::vector<double> h(N, 0.0);
-      for (int64_t t = 0; t < L; ++t) {
+      const bool backwards = g < 64 && ((rev >> g) & 1u) != 0;
+      for (int64_t s = 0; s < L; ++s) {
+        const int64_t t = backwards ? L - 1 - s : s;
         const int64_t i = (b * Ch + c) * L + t;
         double d = dm::to_f32(dlt[i]) + static_cast<double>(db[c]);
         if (softplus) d = d > 20.0 ? d : std::log1p(std::exp(d));
@@ -72,9 +76,10 @@ static void check_scan(int64_t Bt, int64_t Ch, int64_t G, int64_t N, int64_t L, 
       }
     }
   const double tol = 2e-5 * std::max(scale, 1.0);
-  EXPECT(ok && max_err <= tol, "scan<%s> Bt=%lld Ch=%lld G=%lld N=%lld L=%lld softplus=%d: max err %.3g > %.3g",
+  EXPECT(ok && max_err <= tol,
+         "scan<%s> Bt=%lld Ch=%lld G=%lld N=%lld L=%lld softplus=%d reverse=0x%llx: max err %.3g > %.3g",
          std::is_same<T, float>::value ? "f32" : "f16", (long long)Bt, (long long)Ch, (long long)G, (long long)N,
-         (long long)L, (int)softplus, max_err, tol);
+         (long long)L, (int)softplus, (unsigned long long)rev, max_err, tol);
 }
 
 // Random float32 scan inputs (softplus'd delta around softplus(-1), A = -exp(normal)) and a runner.
@@ -103,6 +108,39 @@ struct ScanCase {
     return y;
   }
 };
+
+// A reversed group must give exactly (bit for bit) the flipped forward scan of its flipped inputs:
+// the kernel visits the same chunks with the same operations, only the row order differs.
+static void check_scan_reverse_is_flip(int64_t Ch, int64_t G, int64_t N, int64_t L, uint64_t rev, std::mt19937& rng) {
+  ScanCase sc(Ch, G, N, L, rng);
+  sc.shape.reverse_mask = rev;
+  const std::vector<float> y_rev = sc.run();
+  ScanCase fl = sc;  // the same inputs with the reversed groups' time axes flipped, scanned forwards
+  fl.shape.reverse_mask = 0;
+  const int64_t cg = Ch / G;
+  for (int64_t g = 0; g < G; ++g) {
+    if (((rev >> g) & 1u) == 0) continue;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+      std::reverse(fl.u.begin() + c * L, fl.u.begin() + (c + 1) * L);
+      std::reverse(fl.dl.begin() + c * L, fl.dl.begin() + (c + 1) * L);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      std::reverse(fl.Bm.begin() + (g * N + n) * L, fl.Bm.begin() + (g * N + n + 1) * L);
+      std::reverse(fl.Cm.begin() + (g * N + n) * L, fl.Cm.begin() + (g * N + n + 1) * L);
+    }
+  }
+  std::vector<float> y_fwd = fl.run();
+  bool same = true;
+  for (int64_t c = 0; c < Ch; ++c) {
+    const bool backwards = ((rev >> (c / cg)) & 1u) != 0;
+    for (int64_t t = 0; t < L; ++t) {
+      const float a = y_rev[c * L + t], b = y_fwd[c * L + (backwards ? L - 1 - t : t)];
+      same = same && std::memcmp(&a, &b, sizeof(float)) == 0;
+    }
+  }
+  EXPECT(same, "scan Ch=%lld G=%lld N=%lld L=%lld reverse=0x%llx: not bit-identical to flip(scan(flip(inputs)))",
+         (long long)Ch, (long long)G, (long long)N, (long long)L, (unsigned long long)rev);
+}
 
 // Channels are computed in SIMD lanes (blocks of 4/8/16 channels of one group): a NaN in one channel
 // must stay in that channel (from its time step on), and the other channels must not change at all.
@@ -240,6 +278,18 @@ int main() {
     check_scan<Half>(2, 40, 2, 16, 130, sp, rng);
     check_scan<Half>(1, 18, 1, 3, 65, sp, rng);
   }
+  // Groups scanning backwards: whole chunks and a tail, partial blocks, L = 1, N != 16, float16, and
+  // a reversed block followed by a forward one in the same task (prefetch of the next block).
+  for (bool sp : {true, false}) {
+    check_scan<float>(2, 48, 3, 16, 200, sp, rng, 0b010);
+    check_scan<float>(1, 3 * 37, 3, 16, 150, sp, rng, 0b101);
+    check_scan<float>(1, 17, 1, 16, 1, sp, rng, 0b1);
+    check_scan<float>(1, 40, 2, 7, 130, sp, rng, 0b11);
+    check_scan<Half>(2, 40, 2, 16, 130, sp, rng, 0b10);
+  }
+  check_scan_reverse_is_flip(96, 3, 16, 3136, 0b010, rng);
+  check_scan_reverse_is_flip(3 * 37, 3, 16, 150, 0b101, rng);
+  check_scan_reverse_is_flip(40, 2, 7, 65, 0b11, rng);
   check_scan_lane_isolation(rng);
   check_scan_clamped_path(16, rng);
   check_scan_clamped_path(7, rng);

@@ -270,6 +270,15 @@ Field f32(char const* name, float v) {
   std::memcpy(f.bytes.data(), &v, sizeof v);
   return f;
 }
+// Integer list fields (an ONNX INTS attribute as TensorRT's ONNX parser passes it: kINT32[]).
+template <typename T>
+Field ints(char const* name, PluginFieldType type, std::vector<T> const& v) {
+  Field f{name, type, std::vector<uint8_t>(v.size() * sizeof(T)), static_cast<int32_t>(v.size())};
+  if (!v.empty()) std::memcpy(f.bytes.data(), v.data(), f.bytes.size());
+  return f;
+}
+Field i32s(char const* name, std::vector<int32_t> const& v) { return ints(name, PluginFieldType::kINT32, v); }
+Field i64s(char const* name, std::vector<int64_t> const& v) { return ints(name, PluginFieldType::kINT64, v); }
 
 PluginPtr create(IPluginCreatorV3One* c, std::vector<Field> const& fields, char const* layer = "layer0",
                  TensorRTPhase phase = TensorRTPhase::kBUILD) {
@@ -296,6 +305,30 @@ int64_t serialisedSoftplus(IPluginV3* p) {
   return -1;
 }
 
+// reverse as serialised by a SelectiveScan plugin: the kINT32 array, "absent" if not serialised, "bad" if
+// serialised otherwise.
+std::string serialisedReverse(IPluginV3* p) {
+  PluginFieldCollection const* fc = runtime(p)->getFieldsToSerialize();
+  if (fc == nullptr) return "bad";
+  for (int32_t i = 0; i < fc->nbFields; ++i) {
+    if (std::strcmp(fc->fields[i].name, "reverse") != 0) continue;
+    if (fc->fields[i].type != PluginFieldType::kINT32 || fc->fields[i].length < 1) return "bad";
+    std::string r;
+    for (int32_t k = 0; k < fc->fields[i].length; ++k) {
+      int32_t v;
+      std::memcpy(&v, static_cast<char const*>(fc->fields[i].data) + k * sizeof v, sizeof v);
+      r += (k ? "," : "") + std::to_string(v);
+    }
+    return r;
+  }
+  return "absent";
+}
+
+std::string metadata(IPluginV3* p) {
+  char const* m = build(p)->getMetadataString();
+  return m != nullptr ? m : "(null)";
+}
+
 std::string typeName(DataType t) {
   switch (t) {
     case DataType::kFLOAT: return "F32";
@@ -314,7 +347,8 @@ constexpr DataType kALL_TYPES[] = {DataType::kFLOAT, DataType::kHALF, DataType::
                                    DataType::kBF16,  DataType::kINT8};
 
 // ---- generic checks for every creator ------------------------------------------------------------------
-void checkCreator(IPluginCreatorV3One* c, int32_t expectedFields) {
+// expectedFields: declared by getFieldNames; serialisedFields: written by a plugin created without fields.
+void checkCreator(IPluginCreatorV3One* c, int32_t expectedFields, int32_t serialisedFields) {
   CHECK(std::strcmp(c->getPluginVersion(), "1") == 0);
   CHECK(std::strcmp(c->getPluginNamespace(), "") == 0);
   PluginFieldCollection const* names = c->getFieldNames();
@@ -346,7 +380,7 @@ void checkCreator(IPluginCreatorV3One* c, int32_t expectedFields) {
   if (cl) {
     CHECK(std::strcmp(core(cl.get())->getPluginName(), c->getPluginName()) == 0);
     CHECK(runtime(cl.get())->getFieldsToSerialize() != nullptr);
-    CHECK(runtime(cl.get())->getFieldsToSerialize()->nbFields == expectedFields);
+    CHECK(runtime(cl.get())->getFieldsToSerialize()->nbFields == serialisedFields);
   }
 
   // unknown field -> failure naming the op, the field and the layer
@@ -393,11 +427,14 @@ void checkFormatMatrix(IPluginV3* p, int32_t nbIn, int32_t nbOut,
 // ---- SelectiveScan --------------------------------------------------------------------------------------
 void testSelectiveScan(IPluginCreatorV3One* c) {
   section("SelectiveScan: creator and fields");
-  checkCreator(c, 1);
+  checkCreator(c, 2, 1);  // reverse is serialised only when given
   {
     PluginFieldCollection const* names = c->getFieldNames();
-    CHECK(names->nbFields == 1 && std::strcmp(names->fields[0].name, "delta_softplus") == 0);
+    CHECK(names->nbFields == 2 && std::strcmp(names->fields[0].name, "delta_softplus") == 0);
     CHECK(names->fields[0].type == PluginFieldType::kINT32 && names->fields[0].length == 1);
+    // an ONNX INTS attribute arrives as kINT32[G]; length 0: not fixed
+    CHECK(names->nbFields == 2 && std::strcmp(names->fields[1].name, "reverse") == 0);
+    CHECK(names->fields[1].type == PluginFieldType::kINT32 && names->fields[1].length == 0);
   }
   PluginPtr def = create(c, {});
   CHECK(def && serialisedSoftplus(def.get()) == 1);  // default when absent
@@ -439,6 +476,56 @@ void testSelectiveScan(IPluginCreatorV3One* c) {
     CHECK(cl && serialisedSoftplus(cl.get()) == v);
     CHECK(build(p.get())->getMetadataString() != nullptr &&
           contains(build(p.get())->getMetadataString(), "delta_softplus=" + std::to_string(v)));
+  }
+
+  section("SelectiveScan: reverse field");
+  {
+    // absent or empty: every group forward, nothing serialised, the metadata of a plugin without the field
+    PluginPtr fwd = create(c, {});
+    CHECK(fwd && serialisedReverse(fwd.get()) == "absent" && metadata(fwd.get()) == "delta_softplus=1");
+    PluginPtr empty = create(c, {i32s("reverse", {})});
+    CHECK(empty && serialisedReverse(empty.get()) == "absent" && metadata(empty.get()) == "delta_softplus=1");
+
+    PluginPtr r = create(c, {i32("delta_softplus", 0), i32s("reverse", {0, 1, 0})});
+    CHECK(r != nullptr);
+    if (r) {
+      CHECK(serialisedReverse(r.get()) == "0,1,0");
+      CHECK_MSG(metadata(r.get()) == "delta_softplus=0;reverse=0,1,0", metadata(r.get()));
+      CHECK(std::string(build(r.get())->getTimingCacheID()) == metadata(r.get()));
+      // round trip (runtime phase) and clone keep the flags
+      PluginPtr back(c->createPlugin("rt", runtime(r.get())->getFieldsToSerialize(), TensorRTPhase::kRUNTIME));
+      CHECK(back && serialisedReverse(back.get()) == "0,1,0" && serialisedSoftplus(back.get()) == 0);
+      CHECK(back && metadata(back.get()) == "delta_softplus=0;reverse=0,1,0");
+      PluginPtr cl(r->clone());
+      CHECK(cl && serialisedReverse(cl.get()) == "0,1,0");
+    }
+    PluginPtr r64 = create(c, {i64s("reverse", {1, 0, 1})});  // kINT64 accepted, serialised as kINT32
+    CHECK(r64 && serialisedReverse(r64.get()) == "1,0,1" && metadata(r64.get()) == "delta_softplus=1;reverse=1,0,1");
+    // G > 64 works as long as only groups 0..63 are reversed
+    std::vector<int32_t> wide(70, 0);
+    wide[0] = wide[63] = 1;
+    PluginPtr w = create(c, {i32s("reverse", wide)});
+    CHECK(w != nullptr);
+
+    gLogger.clear();
+    CHECK(create(c, {i32s("reverse", {0, 2, 0})}, "scan_r") == nullptr);
+    expectError({"SelectiveScan:", "plugin field 'reverse' must hold 0 or 1 per group, got 2 at index 1", "scan_r"});
+    CHECK(create(c, {i64s("reverse", {-1})}) == nullptr);
+    expectError({"SelectiveScan:", "'reverse'", "got -1 at index 0"});
+    wide[64] = 1;
+    CHECK(create(c, {i32s("reverse", wide)}) == nullptr);
+    expectError({"SelectiveScan:", "'reverse'", "only groups 0..63 can be reversed, got a 1 at index 64",
+                 "reversed ones come first"});
+    CHECK(create(c, {f32("reverse", 1.F)}) == nullptr);
+    expectError({"SelectiveScan:", "'reverse'", "list of integers (kINT32 or kINT64)", "kFLOAT32"});
+    Field noData{"reverse", PluginFieldType::kINT32, {}, 3};
+    CHECK(create(c, {noData}) == nullptr);
+    expectError({"SelectiveScan:", "'reverse'", "no data"});
+    Field negative{"reverse", PluginFieldType::kINT32, {}, -1};
+    CHECK(create(c, {negative}) == nullptr);
+    expectError({"SelectiveScan:", "'reverse'", "negative length -1"});
+    CHECK(create(c, {i32s("reverse", {0}), i32s("reverse", {1})}) == nullptr);
+    expectError({"SelectiveScan:", "'reverse' given twice"});
   }
 
   PluginPtr p = create(c, {}, "scan");
@@ -623,12 +710,67 @@ void testSelectiveScan(IPluginCreatorV3One* c) {
       }
     }
   }
+
+  section("SelectiveScan: reverse flags against G (dim 1 of B) wherever G is known");
+  {
+    PluginPtr two = create(c, {i32s("reverse", {0, 1})}, "scan_g");  // 2 flags; the inputs below have G = 3
+    PluginPtr three = create(c, {i32s("reverse", {0, 1, 0})}, "scan_g3");
+    CHECK(two != nullptr && three != nullptr);
+    if (two && three) {
+      char const* const wrongG = "plugin field 'reverse' has 2 flags but input 'B' (index 3) has G = 3 groups (dim 1)";
+      // getOutputShapes: constant G checked, symbolic G not
+      TestExprBuilder eb;
+      std::vector<std::vector<int64_t>> ok = {{2, 6, 10}, {2, 6, 10}, {6, 4}, {2, 3, 4, 10}, {2, 3, 4, 10}, {6}, {6}};
+      DimsExprs in[7];
+      for (size_t i = 0; i < ok.size(); ++i) in[i] = exprs(eb, ok[i]);
+      DimsExprs out[1];
+      CHECK(build(three.get())->getOutputShapes(in, 7, nullptr, 0, out, 1, eb) == 0);
+      gLogger.clear();
+      CHECK(build(two.get())->getOutputShapes(in, 7, nullptr, 0, out, 1, eb) != 0);
+      expectError({"SelectiveScan:", wrongG, "one 0/1 flag per group, or none", "[layer 'scan_g']"});
+      in[3] = exprs(eb, {2, -1, 4, 10});
+      in[4] = in[3];
+      CHECK(build(two.get())->getOutputShapes(in, 7, nullptr, 0, out, 1, eb) == 0);
+      // the shape rules come first
+      in[3] = exprs(eb, {2, 3, 4, 11});
+      gLogger.clear();
+      CHECK(build(two.get())->getOutputShapes(in, 7, nullptr, 0, out, 1, eb) != 0);
+      expectError({"SelectiveScan:", "(L) must equal"});
+
+      // configurePlugin: network dims (G = 3 known; -1 would not be judged)
+      std::vector<DynamicPluginTensorDesc> dv = {dyn(kF, {-1, 6, 10}),   dyn(kF, {-1, 6, 10}),   dyn(kF, {6, 4}),
+                                                 dyn(kF, {-1, 3, 4, 10}), dyn(kF, {-1, 3, 4, 10}), dyn(kF, {6}),
+                                                 dyn(kF, {6}),            dyn(kF, {-1, 6, 10})};
+      CHECK(build(three.get())->configurePlugin(dv.data(), 7, dv.data() + 7, 1) == 0);
+      gLogger.clear();
+      CHECK(build(two.get())->configurePlugin(dv.data(), 7, dv.data() + 7, 1) != 0);
+      expectError({"SelectiveScan:", wrongG});
+      dv[3].desc.dims.d[1] = -1;
+      dv[4].desc.dims.d[1] = -1;
+      CHECK(build(two.get())->configurePlugin(dv.data(), 7, dv.data() + 7, 1) == 0);
+
+      // onShapeChange and enqueue (concrete shapes; enqueue fails before any launch)
+      std::vector<PluginTensorDesc> cin = {desc(kF, {2, 6, 10}),    desc(kF, {2, 6, 10}),    desc(kF, {6, 4}),
+                                           desc(kF, {2, 3, 4, 10}), desc(kF, {2, 3, 4, 10}), desc(kF, {6}),
+                                           desc(kF, {6})};
+      PluginTensorDesc yDesc = desc(kF, {2, 6, 10});
+      CHECK(runtime(three.get())->onShapeChange(cin.data(), 7, &yDesc, 1) == 0);
+      gLogger.clear();
+      CHECK(runtime(two.get())->onShapeChange(cin.data(), 7, &yDesc, 1) != 0);
+      expectError({"SelectiveScan:", wrongG});
+      void const* inputs[7] = {};
+      void* outputs[1] = {};
+      gLogger.clear();
+      CHECK(runtime(two.get())->enqueue(cin.data(), &yDesc, inputs, outputs, nullptr, nullptr) != 0);
+      expectError({"SelectiveScan:", wrongG});
+    }
+  }
 }
 
 // ---- DeformGather ---------------------------------------------------------------------------------------
 void testDeformGather(IPluginCreatorV3One* c) {
   section("DeformGather: creator and fields");
-  checkCreator(c, 0);
+  checkCreator(c, 0, 0);
   gLogger.clear();
   CHECK(create(c, {i32("delta_softplus", 1)}, "g1") == nullptr);
   expectError({"DeformGather:", "unknown plugin field 'delta_softplus' (expected no fields)", "g1"});
@@ -752,7 +894,7 @@ void testDeformGather(IPluginCreatorV3One* c) {
 // ---- TokenSort ------------------------------------------------------------------------------------------
 void testTokenSort(IPluginCreatorV3One* c) {
   section("TokenSort: creator and fields");
-  checkCreator(c, 0);
+  checkCreator(c, 0, 0);
   PluginPtr p = create(c, {}, "sort");
   IPluginV3OneBuild* b = build(p.get());
 
