@@ -32,6 +32,11 @@ def test_custom_op_graph_is_valid(tiny_onnx):
             spec = OP_SPECS[n.op_type]
             assert len(n.input) == len(spec["inputs"]) and len(n.output) == len(spec["outputs"])
             assert {a.name for a in n.attribute} <= set(spec["attributes"])
+    # DefMamba's reversed raster branch is a backwards scan of group 1, not a pair of flips
+    scans = [n for n in model.graph.node if n.op_type == "SelectiveScan"]
+    for n in scans:
+        assert [list(a.ints) for a in n.attribute if a.name == "reverse"] == [[0, 1, 0]]
+    assert not [n for n in model.graph.node if n.op_type == "Slice" and "op/" in n.name and len(n.input) == 5]
 
 
 def test_nothing_baked_in(tiny_onnx):

@@ -92,6 +92,8 @@ class DeformableSampler(nn.Module):
 class DSSM(nn.Module):
     """The deformable selective-scan mixer (``op``): three scans (raster, reversed, deformable)."""
 
+    SCAN_REVERSE = (0, 1, 0)  # per branch: the selective scan runs backwards in time for branch 1
+
     def __init__(self, dim: int, d_state: int, offset_kernel: int, k_branches: int = 3) -> None:
         super().__init__()
         d_inner = dim  # ssm ratio 1
@@ -134,7 +136,9 @@ class DSSM(nn.Module):
         feat = deform_gather(x, offset, self.DS.rpe_table).flatten(2)
         perm, inv_perm = token_sort(offset[:, 2].reshape(b, length))
         s0 = x.flatten(2)
-        xs = torch.stack((s0, s0.flip(-1), apply_permutation(feat, perm)), dim=1)  # (B, K, D, L)
+        # branch 1 is the reversed raster order: its tokens are s0's, and the scan runs that group
+        # backwards (reverse flag), which is exactly flip -> scan -> flip without the two copies
+        xs = torch.stack((s0, s0, apply_permutation(feat, perm)), dim=1)  # (B, K, D, L)
 
         # per-branch projections as broadcast matmuls ((K, C', D) @ (B, K, D, L)): the same sums as the
         # authors' einsums, and they export to ONNX MatMul, which ORT runs far faster than Einsum
@@ -151,8 +155,9 @@ class DSSM(nn.Module):
             self.Ds,
             self.dt_projs_bias.flatten(),
             delta_softplus=True,
+            reverse=self.SCAN_REVERSE,
         ).view(b, k, d, length)
-        y = (y[:, 0] + y[:, 1].flip(-1) + apply_permutation(y[:, 2], inv_perm)) / 3
+        y = (y[:, 0] + y[:, 1] + apply_permutation(y[:, 2], inv_perm)) / 3
         y = y.view(b, d, h, w).permute(0, 2, 3, 1)
         return self.out_proj(y * z)
 
