@@ -4,7 +4,7 @@ Timing is honest: inputs are prepared outside the timed region, the session/engi
 per (backend, precision, size) and reused, warm-up runs are excluded, and a device backend is
 synchronised before the clock is read. Each combination reports median / p90 / p99 latency,
 images per second (batch / median) and the peak host RSS (and device memory where there is a
-device) seen while it ran. A backend that cannot run here is reported as skipped with the reason.
+device) seen during its warm-up runs (the RSS sampler thread is not running while the clock is). A backend that cannot run here is reported as skipped with the reason.
 
 The JSON written by ``--json`` follows ``RESULT_SCHEMA`` (JSON Schema, draft 2020-12).
 """
@@ -362,8 +362,11 @@ def run_bench(
             for batch in batches:
                 x = rng.standard_normal((batch, 3, *size)).astype(np.float32)
                 fn = make(x)
+                # peak memory from the warm-up runs, latency from runs without the sampler: its thread
+                # wakes every 5 ms and competes with the backend's threads (~8 % on 2 cores for ORT)
                 with PeakRss() as rss:
-                    times = time_callable(fn, warmup=warmup, iters=iters, seconds=seconds, sync=sync)
+                    time_callable(fn, warmup=0, iters=max(1, warmup), seconds=None, sync=sync, min_iters=1)
+                times = time_callable(fn, warmup=0, iters=iters, seconds=seconds, sync=sync)
                 ms = [t * 1000 for t in times]
                 med = statistics.median(ms)
                 report.results.append(BenchRow(
@@ -470,8 +473,9 @@ def memcpy_bandwidth(mib: int = 256, repeats: int = 5, threads: int = 1) -> floa
     """Measured copy bandwidth in GB/s (bytes read + bytes written per second) of a large copy.
 
     ``threads``: threads sharing the copy. Compare a kernel with the bandwidth of as many threads as
-    it runs on: on the 2-core reference VM one thread copies ~27 GB/s and two ~50 GB/s (one core
-    cannot keep enough misses in flight to saturate the memory system). torch's tensor copy splits
+    it runs on: on the 2-core reference VM one thread copies ~27 GB/s and two ~45-54 GB/s in quiet
+    periods, ~33-35 GB/s in contended ones (one core cannot keep enough misses in flight to saturate
+    the memory system; other tenants share it). torch's tensor copy splits
     over its intra-op threads; numpy's copyto does not (it stayed at one thread's rate).
     """
     import torch

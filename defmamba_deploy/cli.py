@@ -302,7 +302,7 @@ def bench(
     img_size: str = typer.Option("224", "--img-size", help="Sizes, e.g. 224,384,512 (or HxW entries like 160x256)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8 (comma-separated)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and ORT."),
-    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up runs per combination."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up runs per combination (at least 1 runs: peak memory is sampled there)."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Timed runs per combination (default: run for --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per combination (default 5 s unless --iters)."),
     onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for 'ort' (default: exported on the fly)."),
