@@ -19,24 +19,14 @@ import torch.nn.functional as F
 
 import defmamba_deploy as dd
 from defmamba_deploy.machine import machine_info, machine_slug
-from defmamba_deploy.ops.selective_scan import reversed_groups
+from defmamba_deploy.ops.selective_scan import reversed_groups, scan_with_flipped_groups
 
 
 def loop_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, reverse=None):
     """One small op per token, as in mamba's selective_scan_ref (for comparison only)."""
     flipped = reversed_groups(reverse, B.shape[1])
-    if flipped:  # groups that scan backwards: flip their time axis in and out (as the authors' code does)
-        bt, ch, length = u.shape
-        g = B.shape[1]
-
-        def flip(x):
-            x = x.clone()
-            x[:, flipped] = x[:, flipped].flip(-1)
-            return x
-
-        u, delta = (flip(t.reshape(bt, g, ch // g, length)).reshape(bt, ch, length) for t in (u, delta))
-        y = loop_scan(u, delta, A, flip(B), flip(C), D, delta_bias, delta_softplus)
-        return flip(y.reshape(bt, g, ch // g, length)).reshape(bt, ch, length)
+    if flipped:  # groups that scan backwards: their time axis flipped in and out (as the authors' code does)
+        return scan_with_flipped_groups(loop_scan, flipped, u, delta, A, B, C, D, delta_bias, delta_softplus)
     dt = delta.float() + (delta_bias.float()[:, None] if delta_bias is not None else 0)
     dt = F.softplus(dt) if delta_softplus else dt
     bt, ch, length = u.shape

@@ -79,12 +79,22 @@ def reversed_groups(reverse: Sequence[int] | None, groups: int) -> list[int]:
     return [i for i, v in enumerate(flags) if v]
 
 
-def _flip_groups(x: torch.Tensor, groups: list[int]) -> torch.Tensor:
+def flip_groups(x: torch.Tensor, groups: list[int]) -> torch.Tensor:
     """x (Bt, G, ..., L) with the time axis of the listed groups reversed (a copy)."""
     out = x.clone()
     idx = torch.tensor(groups, device=x.device)
     out[:, idx] = x[:, idx].flip(-1)
     return out
+
+
+def scan_with_flipped_groups(scan, groups: list[int], u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """A forward-only ``scan`` run for a ``reverse`` with the listed groups flagged: exactly
+    flip(scan(flip(inputs))) along L for those groups (pure data movement around ``scan``)."""
+    bt, ch, length = u.shape
+    g = B.shape[1]
+    u, delta = (flip_groups(t.reshape(bt, g, ch // g, length), groups).reshape(bt, ch, length) for t in (u, delta))
+    y = scan(u, delta, A, flip_groups(B, groups), flip_groups(C, groups), D, delta_bias, delta_softplus)
+    return flip_groups(y.reshape(bt, g, ch // g, length), groups).reshape(bt, ch, length)
 
 
 def _chunk_geometry(length: int) -> tuple[int, int]:
@@ -145,11 +155,8 @@ def selective_scan(
     """Selective scan y = S6(u, delta, A, B, C, D); see the module docstring for the contract."""
     bt, ch, length, n, g = _check(u, delta, A, B, C, D, delta_bias)
     flipped = reversed_groups(reverse, g)
-    if flipped:  # exactly flip(scan(flip(inputs))) along L for those groups: pure data movement
-        u, delta = (_flip_groups(t.reshape(bt, g, ch // g, length), flipped).reshape(bt, ch, length) for t in (u, delta))
-        B, C = _flip_groups(B, flipped), _flip_groups(C, flipped)
-        y = selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
-        return _flip_groups(y.reshape(bt, g, ch // g, length), flipped).reshape(bt, ch, length)
+    if flipped:
+        return scan_with_flipped_groups(selective_scan, flipped, u, delta, A, B, C, D, delta_bias, delta_softplus)
     out_dtype = u.dtype
     cd = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     cg = ch // g
