@@ -1,6 +1,6 @@
-"""Run-to-run spread across fresh processes (batch 1, 224²): the honest error bar for the tables.
+"""Run-to-run spread across fresh processes (224², batch 1 by default): the honest error bar for the tables.
 
-    python benchmarks/process_spread.py --model s --processes 6 [--warm-batch 8]
+    python benchmarks/process_spread.py --model s --processes 6 [--warm-batch 8] [--batch 8]
 
 On the shared 2-vCPU machine used here, latency is stable within a process but can differ by
 tens of percent between processes (the same binary, input and weights). This script starts one
@@ -21,8 +21,8 @@ from defmamba_deploy.machine import machine_info, machine_slug
 
 CHILD = r"""
 import json, sys, time, numpy as np
-backend, model, path, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+backend, model, path, runs, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
 if backend.startswith("torch"):
     import torch, defmamba_deploy as dd
     net = dd.create_model(model, seed=0)
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--model", default="s")
     ap.add_argument("--processes", type=int, default=6)
     ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--batch", type=int, default=1, help="batch size of the timed runs")
     ap.add_argument("--warm-batch", type=int, default=0,
                     help="also time PyTorch eager after two forwards at this batch in the same process "
                          "(backend 'torch-after-batchN'): whether glibc's allocator, warmed by large frees, "
@@ -60,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     from defmamba_deploy.onnx import export_onnx
 
-    out: dict = {"model": args.model, "batch": 1, "img_size": 224, "runs_per_process": args.runs, "per_process_median_ms": {}}
+    out: dict = {"model": args.model, "batch": args.batch, "img_size": 224, "runs_per_process": args.runs, "per_process_median_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"torch": "-"}
         if args.warm_batch > 0:
@@ -69,7 +70,7 @@ def main() -> None:
         files["ort-portable"] = str(export_onnx(args.model, portable=True, output=Path(tmp) / "p.onnx").path)
         for i in range(args.processes):
             for backend, path in files.items():  # interleaved, so drifts hit every backend alike
-                r = subprocess.run([sys.executable, "-c", CHILD, backend, args.model, path, str(args.runs)],
+                r = subprocess.run([sys.executable, "-c", CHILD, backend, args.model, path, str(args.runs), str(args.batch)],
                                    capture_output=True, text=True, check=True)
                 out["per_process_median_ms"].setdefault(backend, []).append(round(json.loads(r.stdout.strip().splitlines()[-1]), 1))
                 print(f"process {i + 1}: {backend} {out['per_process_median_ms'][backend][-1]} ms", flush=True)
@@ -85,7 +86,8 @@ def main() -> None:
                                      for b in per if b.startswith("torch")}
     out["summary"] = summary
     out["machine"] = machine_info()
-    dest = Path(__file__).resolve().parent / "results" / f"process_spread_{machine_slug(out['machine'])}.json"
+    suffix = "" if args.batch == 1 else f"_batch{args.batch}"
+    dest = Path(__file__).resolve().parent / "results" / f"process_spread_{machine_slug(out['machine'])}{suffix}.json"
     dest.write_text(json.dumps(out, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"wrote {dest}")
