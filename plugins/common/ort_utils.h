@@ -227,13 +227,11 @@ inline std::vector<int64_t> ints_attribute(const OrtApi& api, const OrtKernelInf
     return {};
   }
   std::vector<int64_t> values(size);
-  if (size > 0) {
-    st = api.KernelInfoGetAttributeArray_int64(info, name, values.data(), &size);
-    if (st != nullptr) {
-      std::string msg = api.GetErrorMessage(st);
-      api.ReleaseStatus(st);
-      fail(op, std::string("cannot read attribute '") + name + "': " + msg);
-    }
+  st = api.KernelInfoGetAttributeArray_int64(info, name, values.data(), &size);
+  if (st != nullptr) {
+    std::string msg = api.GetErrorMessage(st);
+    api.ReleaseStatus(st);
+    fail(op, std::string("cannot read attribute '") + name + "': " + msg);
   }
   return values;
 }
