@@ -261,8 +261,13 @@ def parity(
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads."),
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="Path of libdefmamba_ort_ops.so (found automatically after the build)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file ('-' = stdout)."),
+    reexport: bool = typer.Option(False, "--reexport", help="Export fresh models to a temporary folder even when ./defmamba_<m>.onnx matches."),
 ) -> None:
     """Compare backends with PyTorch on the same inputs; exit 1 when a tolerance fails.
+
+    Without --onnx / --portable-onnx it checks the files `export` writes by default in the current folder
+    (defmamba_<m>.onnx, defmamba_<m>_portable.onnx) when they match the model, weights and sizes asked
+    for, and exports the missing ones to a temporary folder.
 
     Examples:
       [bold]defmamba-deploy parity --model s[/]
@@ -274,7 +279,7 @@ def parity(
         model, weights, ema=ema, unsafe_pickle=unsafe_pickle, onnx=onnx_file, portable_onnx=portable_file,
         backends=[b.strip() for b in backends.split(",") if b.strip()], images=images, samples=samples,
         img_size=parse_size(img_size), batches=_parse_int_list(batch, "--batch"), atol=atol, rtol=rtol,
-        threads=threads, library=plugins, engine=engine,
+        threads=threads, library=plugins, engine=engine, use_exported=not reexport,
         progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False),
     )
     table = Table(title=f"parity vs PyTorch: DefMamba-{report.model} {report.img_size[0]}x{report.img_size[1]}, "

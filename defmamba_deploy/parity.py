@@ -130,6 +130,44 @@ def _check_same_weights(path, exported: dict | None, weights, load_report) -> No
         raise UsageError(f"{path} was exported from other weights ({exported.get('path')}) than --weights {weights}: pass the same file")
 
 
+def exported_file_problem(path, side: dict | None, name: str, portable: bool, weights, load_report,
+                          img_size: tuple[int, int], batches: Sequence[int]) -> str | None:
+    """Why ``path`` (a file ``defmamba-deploy export`` wrote) cannot stand in for this parity run, or None.
+
+    It must be the same variant, classifier (not backbone), form (custom-op or portable) and weights, and
+    its input shape must admit ``img_size`` and every batch size.
+    """
+    from .onnx.export import RANDOM_INIT_SEED
+
+    if not side:
+        return "it has no .onnx.json sidecar"
+    if side.get("variant") != name:
+        return f"it holds DefMamba-{side.get('variant')}, not DefMamba-{name}"
+    if side.get("backbone"):
+        return "it is the backbone export"
+    if bool(side.get("portable")) != portable:
+        return "it is the portable export" if side.get("portable") else "it is the custom-op export"
+    try:
+        _check_same_weights(path, side.get("weights"), weights, load_report)
+    except UsageError as e:
+        return str(e).replace(f"{path} was", "it was", 1)
+    exported = side.get("weights") or {}
+    if weights is None and exported.get("random_init_seed", RANDOM_INIT_SEED) != RANDOM_INIT_SEED:
+        return f"it holds the random initialisation of seed {exported['random_init_seed']}, not {RANDOM_INIT_SEED}"
+    if load_report is not None and exported.get("source") not in (None, load_report.source):
+        return f"it was exported from the checkpoint's '{exported['source']}' entry, not '{load_report.source}'"
+    inputs = side.get("inputs") or [{}]
+    shape = inputs[0].get("shape") or []
+    if len(shape) != 4:
+        return "its sidecar has no input shape"
+    wanted = {0: list(batches), 2: [img_size[0]], 3: [img_size[1]]}
+    for axis, values in wanted.items():
+        if isinstance(shape[axis], int) and any(v != shape[axis] for v in values):
+            what = "batch" if axis == 0 else "input size"
+            return f"its {what} is fixed to {shape[axis]} (exported with --dynamic {side.get('dynamic')})"
+    return None
+
+
 def _run_batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
 
@@ -152,14 +190,21 @@ def run_parity(
     rtol: float = DEFAULT_RTOL,
     threads: int | None = None,
     library: str | os.PathLike | None = None,
+    use_exported: bool = True,
     progress=None,
 ) -> ParityReport:
-    """Compare each backend with PyTorch on the same inputs (see module docstring)."""
+    """Compare each backend with PyTorch on the same inputs (see module docstring).
+
+    Without ``onnx`` / ``portable_onnx``, the file that ``defmamba-deploy export`` writes by default in the
+    current folder (``defmamba_<m>.onnx``, ``defmamba_<m>_portable.onnx``) is checked when it matches this
+    run (variant, form, weights, input shape; see ``exported_file_problem``) and ``use_exported`` is true;
+    otherwise the model is exported to a temporary folder first.
+    """
     import torch
 
     from .model import check_input_size, create_model, resolve_name
     from .onnx import export_onnx, read_sidecar
-    from .onnx.export import RANDOM_INIT_SEED
+    from .onnx.export import RANDOM_INIT_SEED, default_output
     from .runtime.onnxrt import OrtRunner
 
     name = resolve_name(model)
@@ -210,6 +255,16 @@ def run_parity(
                     report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
                 continue
             path = files[backend]
+            if path is None and use_exported:
+                local = default_output(name, portable=backend == "ort-portable")
+                if local.is_file():
+                    problem = exported_file_problem(local, read_sidecar(local), name, backend == "ort-portable", weights,
+                                                    net.load_report, img_size, batches)
+                    if problem is None:
+                        say(f"using {local} (written by defmamba-deploy export; --reexport checks a fresh export instead)")
+                        path = local
+                    else:
+                        say(f"not using {local}: {problem}")
             if path is None:
                 say(f"exporting {'portable' if backend == 'ort-portable' else 'custom-op'} ONNX for {backend}")
                 path = export_onnx(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=img_size, batch=1,

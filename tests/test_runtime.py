@@ -146,6 +146,62 @@ def test_parity_refuses_mismatched_files(lib, exported, tmp_path):
         run_parity("t", backends=["tensorflow"])
 
 
+def test_parity_checks_the_file_export_wrote(lib, exported, tmp_path, monkeypatch):
+    """`export` then `parity` in one folder: parity runs ./defmamba_<m>.onnx when it matches the run."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    for suffix in (".onnx", ".onnx.json"):
+        shutil.copy(str(exported["custom"]) + suffix[5:], "defmamba_t" + suffix)
+    said = []
+    report = run_parity("t", exported["weights"], backends=["ort"], samples=1, img_size=(64, 64), batches=(1, 2),
+                        progress=said.append)
+    assert report.passed and "running ort: defmamba_t.onnx" in said, said
+    # another size than the file was exported for: not used, exported afresh (and says why)
+    said.clear()
+    report = run_parity("t", exported["weights"], backends=["ort"], samples=1, img_size=(48, 48), batches=(1,),
+                        progress=said.append)
+    assert report.passed and any("not using defmamba_t.onnx: its input size is fixed to 64" in m for m in said), said
+    assert not any(m == "running ort: defmamba_t.onnx" for m in said)
+    # --reexport ignores it
+    said.clear()
+    run_parity("t", exported["weights"], backends=["ort"], samples=1, img_size=(64, 64), batches=(1,),
+               use_exported=False, progress=said.append)
+    assert not any("defmamba_t.onnx" in m for m in said), said
+
+
+def test_exported_file_problem():
+    from types import SimpleNamespace
+
+    from defmamba_deploy.parity import exported_file_problem
+
+    side = {"variant": "tiny", "backbone": False, "portable": False, "inputs": [{"shape": ["batch", 3, 224, 224]}],
+            "dynamic": "batch", "weights": {"random_init_seed": 0}}
+    ok = dict(name="tiny", portable=False, weights=None, load_report=None, img_size=(224, 224), batches=(1, 4))
+    assert exported_file_problem("f", side, **ok) is None
+    assert "no .onnx.json" in exported_file_problem("f", None, **ok)
+    assert "DefMamba-small" in exported_file_problem("f", {**side, "variant": "small"}, **ok)
+    assert "backbone" in exported_file_problem("f", {**side, "backbone": True}, **ok)
+    assert "portable export" in exported_file_problem("f", {**side, "portable": True}, **ok)
+    assert "custom-op export" in exported_file_problem("f", side, **{**ok, "portable": True})
+    assert "input size is fixed to 224" in exported_file_problem("f", side, **{**ok, "img_size": (224, 256)})
+    fixed = {**side, "inputs": [{"shape": [1, 3, 224, 224]}], "dynamic": "none"}
+    assert "batch is fixed to 1" in exported_file_problem("f", fixed, **ok)
+    assert exported_file_problem("f", fixed, **{**ok, "batches": (1,)}) is None
+    anysize = {**side, "inputs": [{"shape": ["batch", 3, "height", "width"]}], "dynamic": "shape"}
+    assert exported_file_problem("f", anysize, **{**ok, "img_size": (160, 256)}) is None
+    assert "seed 3" in exported_file_problem("f", {**side, "weights": {"random_init_seed": 3}}, **ok)
+    rep = SimpleNamespace(sha256="abc", source="model")
+    trained = {**side, "weights": {"path": "w.pth", "sha256": "abc", "source": "model"}}
+    assert "--weights" in exported_file_problem("f", trained, **ok)
+    assert exported_file_problem("f", trained, **{**ok, "weights": "w.pth", "load_report": rep}) is None
+    assert "other weights" in exported_file_problem(
+        "f", trained, **{**ok, "weights": "w.pth", "load_report": SimpleNamespace(sha256="def", source="model")})
+    assert "'model' entry, not 'model_ema'" in exported_file_problem(
+        "f", trained, **{**ok, "weights": "w.pth", "load_report": SimpleNamespace(sha256="abc", source="model_ema")})
+    assert "random weights" in exported_file_problem("f", side, **{**ok, "weights": "w.pth", "load_report": rep})
+
+
 def test_parity_random_init_matches_export(lib, tmp_path):
     """Without weights, export and parity share the seeded random init."""
     path = export_onnx("t", img_size=(48, 48), output=tmp_path / "r.onnx").path
