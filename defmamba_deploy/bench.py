@@ -524,7 +524,7 @@ def _ort_op(op: str, arrays: dict[str, np.ndarray], portable: bool, threads: int
     import onnxruntime as ort
 
     from .onnx.single_op import single_op_model
-    from .runtime.libs import find_library
+    from .libs import find_library
 
     attrs = {"delta_softplus": 1} if op == "SelectiveScan" else {}
     model = single_op_model(op, arrays, **attrs)

@@ -97,7 +97,7 @@ def info() -> None:
 
     Example: [bold]defmamba-deploy info[/]
     """
-    from .runtime.libs import library_status
+    from .libs import library_status
 
     table = Table(title=f"defmamba-deploy {__version__}", show_header=False)
     table.add_column("component", style="bold")

@@ -6,7 +6,7 @@ import pytest
 
 import defmamba_deploy as dd
 from defmamba_deploy.onnx import OP_SPECS, export_onnx, load_onnx, read_sidecar, register_schemas
-from defmamba_deploy.runtime import libs
+from defmamba_deploy import libs
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from defmamba_deploy.onnx.portable import expand_custom_ops
 from defmamba_deploy.onnx.single_op import single_op_model
 from defmamba_deploy.ops import REFERENCE
 from defmamba_deploy.ops.token_sort import sort_key
-from defmamba_deploy.runtime.libs import find_library
+from defmamba_deploy.libs import find_library
 
 BACKENDS = ["ort", "ort-portable"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defmamba_deploy.runtime.libs import find_library
+from defmamba_deploy.libs import find_library
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = Path(os.environ.get("DEFMAMBA_BUILD_DIR", ROOT / "build"))

@@ -751,7 +751,7 @@ def _calibrate(model: onnx.ModelProto, tensors: list[str], batches: Iterable, *,
         from ..errors import MissingDependencyError
 
         raise MissingDependencyError("calibration needs onnxruntime: pip install 'onnxruntime>=1.29'") from None
-    from ..runtime import find_library
+    from ..libs import find_library
     from .check import custom_ops_used
 
     g = model.graph

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import MissingDependencyError, UsageError
 from ..model import MIN_INPUT_SIZE
 from ..onnx import custom_ops_used, load_onnx, read_sidecar
-from .libs import find_library
+from ..libs import find_library
 
 
 def _ort():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, UsageError
-from .libs import find_library
+from ..libs import find_library
 from .trt_build import check_engine_compatible, load_plugin_library, read_engine_sidecar, require_tensorrt, sha256_file
 
 

@@ -256,7 +256,7 @@ def build_engine(
     if workspace_gib <= 0:
         raise UsageError(f"--workspace must be > 0 GiB, got {workspace_gib}")
     from ..onnx import load_onnx, read_sidecar
-    from .libs import find_library
+    from ..libs import find_library
 
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)

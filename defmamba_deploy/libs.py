@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import MissingDependencyError
+from .errors import MissingDependencyError
 
-PACKAGE_LIB_DIR = Path(__file__).resolve().parent.parent / "lib"
-_CHECKOUT_BUILD = Path(__file__).resolve().parents[2] / "build"
+PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
+_CHECKOUT_BUILD = Path(__file__).resolve().parents[1] / "build"
 
 LIBRARIES = {
     "ort": ("libdefmamba_ort_ops.so", "DEFMAMBA_ORT_LIB", "ONNX Runtime custom ops"),
