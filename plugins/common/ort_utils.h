@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu_parallel.h"
+#include "cpu_scratch.h"
 #include "defmamba_math.h"
 
 namespace defmamba {
@@ -139,6 +140,37 @@ inline Parallel make_parallel(const Ort::KernelContext& ctx) {
   p.runner_state = const_cast<Ort::KernelContext*>(&ctx);
   return p;
 }
+
+// ---- scratch memory -------------------------------------------------------------------------------
+// The kernels' Scratch from ORT's CPU allocator (OrtApi::KernelContext_GetAllocator): the allocator
+// the CPU execution provider gives its own kernels, the session's arena unless the session disabled
+// it, so a run's temporary buffers reuse memory of earlier runs instead of going to the heap. When
+// ORT has no such allocator the Scratch falls back to the heap. Construct it in Compute (it is
+// neither copied nor moved: the Scratch points into it).
+class OrtScratch {
+ public:
+  explicit OrtScratch(const Ort::KernelContext& ctx) {
+    try {
+      const Ort::MemoryInfo info = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+      allocator_ = ctx.GetAllocator(*info);
+    } catch (const Ort::Exception&) {
+      return;  // heap
+    }
+    if (allocator_ == nullptr) return;
+    scratch_.alloc = [](void* st, size_t bytes) { return static_cast<Ort::Allocator*>(st)->Alloc(bytes); };
+    scratch_.release = [](void* st, void* p) { static_cast<Ort::Allocator*>(st)->Free(p); };
+    scratch_.state = &allocator_;
+  }
+  OrtScratch(const OrtScratch&) = delete;
+  OrtScratch& operator=(const OrtScratch&) = delete;
+
+  const Scratch& get() const { return scratch_; }
+  bool from_ort() const { return scratch_.alloc != nullptr; }
+
+ private:
+  Ort::Allocator allocator_{nullptr};
+  Scratch scratch_;
+};
 
 // ---- op boilerplate -------------------------------------------------------------------------------
 // Classic custom-op API with status-returning CreateKernelV2 / ComputeV2. TOp provides kName, the

@@ -18,9 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <type_traits>
-#include <vector>
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && \
     (defined(__AVX512F__) || !defined(DEFMAMBA_NO_ISA_DISPATCH))
@@ -160,18 +158,18 @@ void gather_channels(const T* x_b, T* out_b, const int32_t* gi, const float* gw,
 }  // namespace
 template <typename T>
 void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, const T* rpe_table, T* feat,
-                       const Parallel& par) {
+                       const Parallel& par, const Scratch& scratch) {
   const int64_t Bt = s.batch, Ch = s.channels, H = s.height, W = s.width, K = s.offset_channels;
   const int64_t Th = s.table_h, Tw = s.table_w, HW = H * W;
   if (Bt <= 0 || Ch <= 0 || H < 2 || W < 2 || Th <= 0 || Tw <= 0) return;
 
   // ---- 1. per-pixel geometry ------------------------------------------------------------------
-  std::vector<int32_t> geo_i(static_cast<size_t>(Bt * kFields * HW));
-  std::vector<float> geo_w(static_cast<size_t>(Bt * kFields * HW));
-  std::vector<float> tyx(static_cast<size_t>(Bt * HW * 2));
+  ScratchArray<int32_t> geo_i(scratch, static_cast<size_t>(Bt * kFields * HW));
+  ScratchArray<float> geo_w(scratch, static_cast<size_t>(Bt * kFields * HW));
+  ScratchArray<float> tyx(scratch, static_cast<size_t>(Bt * HW * 2));
   // per-row min/max of ty and tx (NaN positions are skipped; they sample zeros)
   const float inf = std::numeric_limits<float>::infinity();
-  std::vector<float> row_range(static_cast<size_t>(Bt * H * 4));
+  ScratchArray<float> row_range(scratch, static_cast<size_t>(Bt * H * 4));
   par.for_each(static_cast<size_t>(Bt * H), [&](size_t r) {
     const int64_t b = static_cast<int64_t>(r) / H, i = static_cast<int64_t>(r) % H;
     const T* off_y = offset + (b * K + 0) * HW + i * W;
@@ -220,7 +218,7 @@ void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, 
   const int64_t r0 = any ? clip(ty_lo, H - 1) : 0, r1 = any ? clip(ty_hi + 1.0f, H - 1) : -1;
   const int64_t c0 = any ? clip(tx_lo, W - 1) : 0, c1 = any ? clip(tx_hi + 1.0f, W - 1) : -1;
   const int64_t wh = r1 - r0 + 1 > 0 ? r1 - r0 + 1 : 0, ww = c1 - c0 + 1 > 0 ? c1 - c0 + 1 : 0;
-  std::vector<float> window(static_cast<size_t>(std::max<int64_t>(Ch * wh * ww, 1)), 0.0f);
+  ScratchArray<float> window(scratch, static_cast<size_t>(std::max<int64_t>(Ch * wh * ww, 1)), /*zero=*/true);
   for (int64_t c = 0; c < Ch; ++c) {
     const T* tab = rpe_table + c * Th * Tw;
     for (int64_t r = 0; r < wh; ++r) {
@@ -271,8 +269,8 @@ void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, 
 }
 
 template void deform_gather_cpu<float>(const DeformGatherShape&, const float*, const float*, const float*, float*,
-                                       const Parallel&);
+                                       const Parallel&, const Scratch&);
 template void deform_gather_cpu<Half>(const DeformGatherShape&, const Half*, const Half*, const Half*, Half*,
-                                      const Parallel&);
+                                      const Parallel&, const Scratch&);
 
 }  // namespace defmamba

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "cpu_parallel.h"
+#include "cpu_scratch.h"
 #include "defmamba_math.h"
 
 namespace defmamba {
@@ -26,11 +27,11 @@ struct DeformGatherShape {
 // Preconditions (checked by the ORT op): H, W >= 2, H*W < 2^31; feat does not alias an input.
 template <typename T>
 void deform_gather_cpu(const DeformGatherShape& s, const T* x, const T* offset, const T* rpe_table, T* feat,
-                       const Parallel& par = Parallel{});
+                       const Parallel& par = Parallel{}, const Scratch& scratch = Scratch{});
 
 extern template void deform_gather_cpu<float>(const DeformGatherShape&, const float*, const float*, const float*,
-                                              float*, const Parallel&);
+                                              float*, const Parallel&, const Scratch&);
 extern template void deform_gather_cpu<Half>(const DeformGatherShape&, const Half*, const Half*, const Half*, Half*,
-                                             const Parallel&);
+                                             const Parallel&, const Scratch&);
 
 }  // namespace defmamba

@@ -49,8 +49,9 @@ void DeformGatherKernel<T>::Compute(Ort::KernelContext& ctx) {
   Ort::UnownedValue feat = ctx.GetOutput(0, a.x.shape);
   if (a.batch == 0 || a.channels == 0) return;
   const DeformGatherShape s{a.batch, a.channels, a.height, a.width, a.offset_channels, a.table_h, a.table_w};
+  const OrtScratch scratch(ctx);
   deform_gather_cpu<T>(s, a.x.as<T>(), a.offset.as<T>(), a.table.as<T>(),
-                       static_cast<T*>(feat.GetTensorMutableRawData()), make_parallel(ctx));
+                       static_cast<T*>(feat.GetTensorMutableRawData()), make_parallel(ctx), scratch.get());
 }
 
 template struct DeformGatherKernel<float>;

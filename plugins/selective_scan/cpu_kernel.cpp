@@ -43,7 +43,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -783,7 +782,7 @@ const char* selective_scan_cpu_isa() {
 template <typename T>
 void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta, const float* A, const T* B,
                         const T* C, const float* D, const float* delta_bias, bool delta_softplus, T* y,
-                        const Parallel& par) {
+                        const Parallel& par, const Scratch& scratch) {
   const int64_t Bt = s.batch, Ch = s.channels, G = s.groups, N = s.state, L = s.length;
   if (Bt <= 0 || Ch <= 0 || L <= 0 || N <= 0 || G <= 0) return;
   const int64_t ch_per_group = Ch / G;
@@ -794,13 +793,13 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
 
   // B and C of one batch, converted and transposed: (G, L, N) each; reused for every batch.
   const size_t bc_elems = static_cast<size_t>(G * L * N);
-  std::unique_ptr<float[]> bc(new float[2 * bc_elems]);
-  float* BT = bc.get();
-  float* CT = bc.get() + bc_elems;
+  ScratchArray<float> bc(scratch, 2 * bc_elems);
+  float* BT = bc.data();
+  float* CT = bc.data() + bc_elems;
 
   const size_t t_blocks = static_cast<size_t>((L + kTransposeBlock - 1) / kTransposeBlock);
   const size_t n_tasks = task_count(n_blocks, static_cast<double>(W * L * N), kTaskGrain);
-  const size_t scratch_floats = block_scratch_floats(W, N);
+  ScratchSlots task_scratch(scratch, block_scratch_floats(W, N) * sizeof(float));  // one per running task
 
   for (int64_t b = 0; b < Bt; ++b) {
     const T* Bb = B + b * G * N * L;
@@ -817,7 +816,7 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
     par.for_each(n_tasks, [&](size_t task) {
       size_t blk_begin, blk_end;
       split_range(n_blocks, n_tasks, task, &blk_begin, &blk_end);
-      std::unique_ptr<float[]> scratch(new float[scratch_floats]());
+      const ScratchSlots::Lease buf = task_scratch.lease();
       const auto reversed = [&](size_t blk) {
         const int64_t g = static_cast<int64_t>(blk) / blocks_per_group;
         return g < 64 && ((s.reverse_mask >> g) & 1u) != 0;
@@ -852,7 +851,7 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
                                 y + next_row,
                                 next_lanes,
                                 blk + 1 < blk_end && reversed(blk + 1)};
-        var.block(args, scratch.get());
+        var.block(args, static_cast<float*>(buf.get()));
       }
     });
   }
@@ -860,9 +859,9 @@ void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta,
 
 template void selective_scan_cpu<float>(const SelectiveScanShape&, const float*, const float*, const float*,
                                         const float*, const float*, const float*, const float*, bool, float*,
-                                        const Parallel&);
+                                        const Parallel&, const Scratch&);
 template void selective_scan_cpu<Half>(const SelectiveScanShape&, const Half*, const Half*, const float*,
                                        const Half*, const Half*, const float*, const float*, bool, Half*,
-                                       const Parallel&);
+                                       const Parallel&, const Scratch&);
 
 }  // namespace defmamba

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "cpu_parallel.h"
+#include "cpu_scratch.h"
 #include "defmamba_math.h"
 
 namespace defmamba {
@@ -29,20 +30,21 @@ struct SelectiveScanShape {
 // t runs 0 .. L-1, or L-1 .. 0 for the groups in s.reverse_mask.
 // Channels are computed W at a time in SIMD lanes (W = 16 AVX-512, 8 AVX2, 4 SSE2; see cpu_kernel.cpp).
 // Scratch: one float buffer of Bt-independent size 2*G*N*L (B, C transposed to (L, N) per batch)
-// plus ~(384 + 2*N)*W floats per task, independent of L; allocated per call, never inside the time loop.
+// plus ~(384 + 2*N)*W floats per concurrently running task, independent of L; all from `scratch`
+// (ORT: the session's arena), taken once per call, never inside the time loop.
 template <typename T>
 void selective_scan_cpu(const SelectiveScanShape& s, const T* u, const T* delta, const float* A, const T* B,
                         const T* C, const float* D, const float* delta_bias, bool delta_softplus, T* y,
-                        const Parallel& par = Parallel{});
+                        const Parallel& par = Parallel{}, const Scratch& scratch = Scratch{});
 
 // Which SIMD variant selective_scan_cpu runs on this CPU ("avx512", "avx2", "build(sse2)", ...).
 const char* selective_scan_cpu_isa();
 
 extern template void selective_scan_cpu<float>(const SelectiveScanShape&, const float*, const float*,
                                                const float*, const float*, const float*, const float*,
-                                               const float*, bool, float*, const Parallel&);
+                                               const float*, bool, float*, const Parallel&, const Scratch&);
 extern template void selective_scan_cpu<Half>(const SelectiveScanShape&, const Half*, const Half*, const float*,
                                               const Half*, const Half*, const float*, const float*, bool, Half*,
-                                              const Parallel&);
+                                              const Parallel&, const Scratch&);
 
 }  // namespace defmamba

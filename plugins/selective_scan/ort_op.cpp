@@ -85,9 +85,10 @@ void SelectiveScanKernel<T>::Compute(Ort::KernelContext& ctx) {
   Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
   if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
   const SelectiveScanShape s{a.batch, a.channels, a.groups, a.state, a.length, reverse_mask(reverse_, a.groups)};
+  const OrtScratch scratch(ctx);
   selective_scan_cpu<T>(s, a.u.as<T>(), a.delta.as<T>(), a.A.as<float>(), a.B.as<T>(), a.C.as<T>(), a.D.as<float>(),
                         a.delta_bias.as<float>(), delta_softplus_, static_cast<T*>(y.GetTensorMutableRawData()),
-                        make_parallel(ctx));
+                        make_parallel(ctx), scratch.get());
 }
 
 template struct SelectiveScanKernel<float>;

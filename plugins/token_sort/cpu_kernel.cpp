@@ -7,9 +7,7 @@
 #include "cpu_kernel.h"
 
 #include <cstring>
-#include <memory>
 #include <type_traits>
-#include <vector>
 
 namespace defmamba {
 namespace {
@@ -83,11 +81,15 @@ inline double load_value(double v) { return v; }
 
 template <typename T>
 void token_sort_cpu(int64_t batch, int64_t length, const T* token_offset, int64_t* perm, int64_t* inv_perm,
-                    const Parallel& par) {
+                    const Parallel& par, const Scratch& scratch) {
   if (batch <= 0 || length <= 0) return;
   using Key = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   using UKey = typename std::conditional<std::is_same<T, double>::value, uint64_t, uint32_t>::type;
   const uint32_t n = static_cast<uint32_t>(length);
+  // per running row task: keys and indices twice (radix sort ping-pong) and the digit histograms
+  const size_t key_bytes = (2 * static_cast<size_t>(n) * sizeof(UKey) + 63) / 64 * 64;
+  const size_t idx_bytes = (2 * static_cast<size_t>(n) * sizeof(uint32_t) + 63) / 64 * 64;
+  ScratchSlots row_scratch(scratch, key_bytes + idx_bytes + sizeof(uint32_t) * kRadix * radix_passes<UKey>());
   par.for_each(static_cast<size_t>(batch), [&](size_t b) {
     const T* in = token_offset + static_cast<int64_t>(b) * length;
     int64_t* pr = perm + static_cast<int64_t>(b) * length;
@@ -97,14 +99,16 @@ void token_sort_cpu(int64_t batch, int64_t length, const T* token_offset, int64_
       ip[0] = 0;
       return;
     }
-    std::vector<UKey> keys(2 * static_cast<size_t>(n));
-    std::vector<uint32_t> idx(2 * static_cast<size_t>(n));
-    std::vector<uint32_t> hist(static_cast<size_t>(kRadix) * radix_passes<UKey>());
+    const ScratchSlots::Lease buf = row_scratch.lease();
+    char* base = static_cast<char*>(buf.get());
+    UKey* keys = reinterpret_cast<UKey*>(base);
+    uint32_t* idx = reinterpret_cast<uint32_t*>(base + key_bytes);
+    uint32_t* hist = reinterpret_cast<uint32_t*>(base + key_bytes + idx_bytes);
     for (uint32_t l = 0; l < n; ++l) {
       const Key v = load_value(in[l]);
       keys[l] = dm::sortable_bits(dm::token_sort_key(v, static_cast<int64_t>(l), length));
     }
-    stable_argsort<UKey>(n, keys.data(), idx.data(), keys.data() + n, idx.data() + n, hist.data());
+    stable_argsort<UKey>(n, keys, idx, keys + n, idx + n, hist);
     for (uint32_t j = 0; j < n; ++j) {
       pr[j] = idx[j];
       ip[idx[j]] = j;
@@ -112,8 +116,8 @@ void token_sort_cpu(int64_t batch, int64_t length, const T* token_offset, int64_
   });
 }
 
-template void token_sort_cpu<float>(int64_t, int64_t, const float*, int64_t*, int64_t*, const Parallel&);
-template void token_sort_cpu<Half>(int64_t, int64_t, const Half*, int64_t*, int64_t*, const Parallel&);
-template void token_sort_cpu<double>(int64_t, int64_t, const double*, int64_t*, int64_t*, const Parallel&);
+template void token_sort_cpu<float>(int64_t, int64_t, const float*, int64_t*, int64_t*, const Parallel&, const Scratch&);
+template void token_sort_cpu<Half>(int64_t, int64_t, const Half*, int64_t*, int64_t*, const Parallel&, const Scratch&);
+template void token_sort_cpu<double>(int64_t, int64_t, const double*, int64_t*, int64_t*, const Parallel&, const Scratch&);
 
 }  // namespace defmamba

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "cpu_parallel.h"
+#include "cpu_scratch.h"
 #include "defmamba_math.h"
 
 namespace defmamba {
@@ -16,10 +17,10 @@ namespace defmamba {
 // L = 1 gives perm = inv_perm = [0]. Precondition: L < 2^32.
 template <typename T>
 void token_sort_cpu(int64_t batch, int64_t length, const T* token_offset, int64_t* perm, int64_t* inv_perm,
-                    const Parallel& par = Parallel{});
+                    const Parallel& par = Parallel{}, const Scratch& scratch = Scratch{});
 
-extern template void token_sort_cpu<float>(int64_t, int64_t, const float*, int64_t*, int64_t*, const Parallel&);
-extern template void token_sort_cpu<Half>(int64_t, int64_t, const Half*, int64_t*, int64_t*, const Parallel&);
-extern template void token_sort_cpu<double>(int64_t, int64_t, const double*, int64_t*, int64_t*, const Parallel&);
+extern template void token_sort_cpu<float>(int64_t, int64_t, const float*, int64_t*, int64_t*, const Parallel&, const Scratch&);
+extern template void token_sort_cpu<Half>(int64_t, int64_t, const Half*, int64_t*, int64_t*, const Parallel&, const Scratch&);
+extern template void token_sort_cpu<double>(int64_t, int64_t, const double*, int64_t*, int64_t*, const Parallel&, const Scratch&);
 
 }  // namespace defmamba

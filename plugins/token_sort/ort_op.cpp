@@ -32,8 +32,9 @@ void TokenSortKernel<T>::Compute(Ort::KernelContext& ctx) {
   Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
   Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
   if (a.batch == 0 || a.length == 0) return;
+  const OrtScratch scratch(ctx);
   token_sort_cpu<T>(a.batch, a.length, a.token_offset.as<T>(), perm.GetTensorMutableData<int64_t>(),
-                    inv.GetTensorMutableData<int64_t>(), make_parallel(ctx));
+                    inv.GetTensorMutableData<int64_t>(), make_parallel(ctx), scratch.get());
 }
 
 template struct TokenSortKernel<float>;
