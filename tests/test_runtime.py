@@ -168,6 +168,14 @@ def test_parity_checks_the_file_export_wrote(lib, exported, tmp_path, monkeypatc
     run_parity("t", exported["weights"], backends=["ort"], samples=1, img_size=(64, 64), batches=(1,),
                use_exported=False, progress=said.append)
     assert not any("defmamba_t.onnx" in m for m in said), said
+    # the same through the CLI: `export` then `parity` in one folder, and --reexport
+    runner = CliRunner()
+    args = ["parity", "-m", "t", "-w", str(exported["weights"]), "--backends", "ort", "--img-size", "64",
+            "--samples", "1", "--batch", "1"]
+    r = runner.invoke(app, _join_size_args(args))
+    assert r.exit_code == 0 and "running ort: defmamba_t.onnx" in r.output, r.output
+    r = runner.invoke(app, _join_size_args(args + ["--reexport"]))
+    assert r.exit_code == 0 and "defmamba_t.onnx" not in r.output, r.output
 
 
 def test_exported_file_problem():
