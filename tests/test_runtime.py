@@ -236,3 +236,34 @@ def test_dynamic_shape_and_backbone_exports_run(lib, tmp_path):
     assert [o.shape for o in outs] == [(2, 48, 24, 16), (2, 96, 12, 8), (2, 192, 6, 4), (2, 384, 3, 2)]
     for o, r in zip(outs, refs):
         np.testing.assert_allclose(o, r.numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_dynamic_shape_models_check_the_input_size_in_graph(lib, tmp_path):
+    """A plain session (no OrtRunner checks) on a dynamic-shape file: < 33 px fails with the reason,
+    for the custom-op model and the portable one (which would otherwise return NaN silently)."""
+    import onnx
+    import onnxruntime as ort
+
+    from defmamba_deploy.onnx.guard import has_input_guard, strip_input_guard
+
+    custom = export_onnx("t", img_size=(64, 64), dynamic="shape", output=tmp_path / "d.onnx")
+    portable = export_onnx("t", img_size=(64, 64), dynamic="shape", portable=True, output=tmp_path / "dp.onnx")
+    assert custom.sidecar["input_check_in_graph"] and portable.sidecar["input_check_in_graph"]
+    ok = np.random.default_rng(3).standard_normal((2, 3, 33, 40)).astype(np.float32)
+    for res in (custom, portable):
+        sess = create_session(res.path)
+        for shape in [(1, 3, 32, 64), (1, 3, 64, 32), (1, 3, 8, 8)]:
+            with pytest.raises(Exception, match="height and width must be >= 33 px"):
+                sess.run(None, {"input": np.zeros(shape, np.float32)})
+        assert np.isfinite(sess.run(None, {"input": ok})[0]).all()
+    # stripped (what build-engine hands TensorRT): the same results, no check left
+    model = onnx.load(str(portable.path))
+    stripped = strip_input_guard(model)
+    assert has_input_guard(model) and not has_input_guard(stripped)
+    onnx.checker.check_model(stripped, full_check=True)
+    plain = ort.InferenceSession(stripped.SerializeToString(), providers=["CPUExecutionProvider"])
+    guarded = ort.InferenceSession(str(portable.path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(plain.run(None, {"input": ok})[0], guarded.run(None, {"input": ok})[0])
+    # static sizes need no check (every runtime checks the declared shape)
+    static = export_onnx("t", img_size=(64, 64), dynamic="batch", output=tmp_path / "s.onnx")
+    assert not static.sidecar["input_check_in_graph"] and not has_input_guard(onnx.load(str(static.path)))

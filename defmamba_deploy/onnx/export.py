@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..model import MIN_INPUT_SIZE, check_input_size, create_model, resolve_name, short_name
 from ..ops import use_implementations
 from .check import custom_ops_used
+from .guard import add_input_guard
 from .schemas import DOMAIN, VERSION, register_schemas
 from .symbolics import export_implementations
 
@@ -149,6 +150,8 @@ def export_onnx(
         from .portable import expand_custom_ops
 
         proto = expand_custom_ops(proto, opset)
+    if dynamic == "shape":  # any H, W at run time: check the minimum in the graph itself (guard.py)
+        add_input_guard(proto, INPUT_NAME, MIN_INPUT_SIZE)
     onnx.checker.check_model(proto, full_check=True)
 
     weights_info: dict = {"random_init_seed": RANDOM_INIT_SEED}
@@ -171,6 +174,7 @@ def export_onnx(
         "export_input_size": list(img_size),
         "export_batch": batch,
         "min_input_size": MIN_INPUT_SIZE,
+        "input_check_in_graph": dynamic == "shape",
         "preprocessing": {"mean": list(net.cfg.mean), "std": list(net.cfg.std), "layout": "NCHW", "dtype": "float32"},
         "weights": weights_info,
         "torch": torch.__version__,

@@ -258,8 +258,13 @@ def build_engine(
     from ..onnx import load_onnx, read_sidecar
     from ..libs import find_library
 
+    from ..onnx.guard import has_input_guard, strip_input_guard
+
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
+    guarded = has_input_guard(model)
+    if guarded:  # the optimisation profile bounds the input size; the in-graph check is for ORT
+        model = strip_input_guard(model)
     side = read_sidecar(onnx_path) or {}
     lib = find_library("trt", plugins)
     major = trt_major(trt.__version__)
@@ -292,6 +297,11 @@ def build_engine(
 
             _onnx.save(converted, str(parse_path))
             say(f"TensorRT {trt.__version__}: {precision} expressed in the ONNX ({len(fp32_layers)} nodes kept float32)")
+        elif guarded:
+            import onnx as _onnx
+
+            parse_path = Path(tmpdir.name) / "model.onnx"
+            _onnx.save(model, str(parse_path))
 
         flags = 0
         if major == 10 and strongly_typed:
