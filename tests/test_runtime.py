@@ -61,6 +61,7 @@ def test_portable_runs_without_library(exported):
     (np.zeros((1, 3, 64, 64), np.float64), "float32"),
     (np.zeros((1, 1, 64, 64), np.float32), "3 channels"),
     (np.zeros((1, 3, 32, 64), np.float32), ">= 33"),
+    (np.zeros((0, 3, 64, 64), np.float32), "batch size 0"),
     ([[1.0]], "numpy array"),
 ])
 def test_bad_inputs(lib, exported, x, match):

@@ -97,6 +97,8 @@ class OrtRunner:
             raise UsageError(f"input must be float32, got {x.dtype} (use x.astype(np.float32))")
         if x.shape[1] != 3:
             raise UsageError(f"input must have 3 channels (RGB, NCHW layout), got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise UsageError(f"input has batch size 0 (shape {x.shape}): give at least one image")
         h, w = x.shape[2], x.shape[3]
         if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
             raise UsageError(f"input {h}x{w} is too small: DefMamba needs height and width >= {MIN_INPUT_SIZE} px")
