@@ -95,6 +95,11 @@ def test_predictor_thread_safe(lib, exported, tmp_path):
     pred = Predictor(exported["custom"], threads=1)
     assert pred.img_size == (64, 64)  # from the sidecar
     expected = [pred.predict([p], topk=3)[0] for p in paths]
+    assert pred.predict(paths[0], topk=3) == [expected[0]]  # one path instead of a list
+    assert pred.predict([]) == []
+    for bad in (0, -2, 2.5):
+        with pytest.raises(dd.UsageError, match="topk must be an integer >= 1"):
+            pred.predict(paths[:1], topk=bad)
     assert [e["prob"] for e in expected[0]] == sorted([e["prob"] for e in expected[0]], reverse=True)
     results, errors = {}, []
 

@@ -139,6 +139,12 @@ class Predictor:
 
     def predict(self, images, topk: int = 5) -> list[list[dict]]:
         """For each image (PIL image or path): [{'class', 'label', 'prob'}, ...] best first."""
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise UsageError(f"topk must be an integer >= 1, got {topk!r}")
+        if isinstance(images, (str, os.PathLike)) or not hasattr(images, "__len__"):
+            images = [images]  # one image
+        if len(images) == 0:
+            return []
         logits = self.runner(self.preprocess(images))
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
