@@ -139,12 +139,18 @@ def predict(
     topk: int = typer.Option(5, "--topk", min=1, help="How many classes to print."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Classify with this ONNX file in ONNX Runtime (the service Predictor) instead of PyTorch."),
+    plugins: Optional[Path] = typer.Option(None, "--plugins", help="With --onnx: path of libdefmamba_ort_ops.so (found automatically after the build)."),
 ) -> None:
-    """Classify images with the PyTorch model (standard ImageNet preprocessing) and print the top-k.
+    """Classify images with the PyTorch model, or an exported ONNX file (--onnx), and print the top-k.
+
+    Standard ImageNet preprocessing (resize 256 bicubic, centre crop). With --onnx the size and
+    normalisation come from the file's sidecar unless --img-size is given; --model/--weights do not apply.
 
     Examples:
       [bold]defmamba-deploy predict --model s --weights defmamba_s.pth cat.jpg[/]
       [bold]defmamba-deploy predict -m t --img-size 160 256 photo.png --json[/]
+      [bold]defmamba-deploy predict --onnx defmamba_s.onnx cat.jpg dog.png[/]
     """
     import numpy as np
     import torch
@@ -159,10 +165,24 @@ def predict(
         if not labels.is_file():
             fail(f"labels file {labels} does not exist")
         names = labels.read_text().splitlines()
+    if onnx_file is not None:
+        if weights is not None:
+            fail("--weights sets the PyTorch model's weights; an ONNX file carries its own: drop --weights or --onnx")
+        from .runtime import Predictor
+
+        pred = Predictor(onnx_file, img_size=(h, w) if img_size else None, library=plugins, labels=names)
+        if "random_init_seed" in (pred.runner.sidecar.get("weights") or {}):
+            err_console.print(f"[yellow]warning:[/] {onnx_file} was exported without --weights: its predictions mean nothing")
+        results = [{"image": str(path), "top": top} for path, top in zip(images, pred.predict(list(images), topk=topk))]
+        _print_predictions(results, as_json)
+        return
     batch = np.stack([preprocess(p, (h, w)) for p in images])
     if weights is None:
         err_console.print("[yellow]warning:[/] no --weights given: the model is randomly initialised, so its predictions mean nothing")
-    net = create_model(model, weights, ema=ema, unsafe_pickle=unsafe_pickle)
+    from .onnx.export import RANDOM_INIT_SEED
+
+    # (without weights: the same seeded random init as export, so `predict` and `predict --onnx` agree)
+    net = create_model(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED)
     if net.load_report is not None:
         err_console.print(net.load_report.summary(), highlight=False)
     with torch.inference_mode():
@@ -173,6 +193,10 @@ def predict(
     for path, p, i in zip(images, top.values.tolist(), top.indices.tolist()):
         results.append({"image": str(path), "top": [
             {"class": c, "label": names[c] if names and c < len(names) else None, "prob": q} for c, q in zip(i, p)]})
+    _print_predictions(results, as_json)
+
+
+def _print_predictions(results: list[dict], as_json: bool) -> None:
     if as_json:
         print(json.dumps(results, indent=2))
         return

@@ -141,6 +141,21 @@ def test_parity_api_and_cli(lib, exported, tmp_path):
     assert r.exit_code == 1 and "parity failed" in r.output
 
 
+def test_cli_predict_onnx_matches_pytorch(lib, exported, tmp_path):
+    """`predict --onnx F` (the service Predictor) ranks like `predict` with the same weights."""
+    img = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(5).random((80, 70, 3)) * 255).astype(np.uint8)).save(img)
+    runner = CliRunner()
+    r_onnx = runner.invoke(app, ["predict", "--onnx", str(exported["custom"]), str(img), "--topk", "3", "--json"])
+    r_torch = runner.invoke(app, ["predict", "-m", "t", "-w", str(exported["weights"]), "--img-size", "64", str(img),
+                                  "--topk", "3", "--json"])
+    assert r_onnx.exit_code == 0 and r_torch.exit_code == 0, r_onnx.output + r_torch.output
+    top = lambda out: [t["class"] for t in json.loads(out[out.index("["):])[0]["top"]]  # noqa: E731
+    assert top(r_onnx.stdout) == top(r_torch.stdout)
+    r = runner.invoke(app, ["predict", "--onnx", str(exported["custom"]), "-w", str(exported["weights"]), str(img)])
+    assert r.exit_code == 2 and "drop --weights or --onnx" in r.output
+
+
 def test_parity_refuses_mismatched_files(lib, exported, tmp_path):
     with pytest.raises(dd.UsageError, match="--model t"):
         run_parity("s", onnx=exported["custom"], backends=["ort"], samples=1, img_size=(64, 64))
