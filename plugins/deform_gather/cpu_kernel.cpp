@@ -10,7 +10,8 @@
 // 3. Per (b, block of channels), in parallel: 4 taps into x plus 4 taps into the window per output
 //    pixel. The per-pixel taps are stored as a structure of arrays; with AVX-512 (float32, picked at
 //    run time unless the build targets it) 16 pixels go per vector, the taps of a pixel block stay in
-//    registers across the block's channels, x is read with gathers and a channel's window (at most
+//    registers across the block's channels, x is read with vector loads where a lane's taps are its
+//    own 2 x 2 neighbourhood (nearly always) and gathered otherwise, and a channel's window (at most
 //    3 x 3 in practice) sits in one register and is read with permutes. Same float32 operations in
 //    the same order as the scalar path, no FMA: bitwise the scalar results (NaN payloads aside).
 #include "cpu_kernel.h"
@@ -92,15 +93,40 @@ __attribute__((target("avx512f"))) void gather_avx512(const float* x_b, float* o
     const __m512 xw2 = _mm512_maskz_loadu_ps(m, gw + 2 * HW + p), xw3 = _mm512_maskz_loadu_ps(m, gw + 3 * HW + p);
     const __m512 tw0 = _mm512_maskz_loadu_ps(m, gw + 4 * HW + p), tw1 = _mm512_maskz_loadu_ps(m, gw + 5 * HW + p);
     const __m512 tw2 = _mm512_maskz_loadu_ps(m, gw + 6 * HW + p), tw3 = _mm512_maskz_loadu_ps(m, gw + 7 * HW + p);
+    // Tap k of a lane is usually the pixel's own 2 x 2 neighbourhood, flat index p + {0, 1, W, W+1}[k]
+    // (every interior pixel: |0.5 tanh| <= 0.5 keeps the sample point in [i, i+1] x [j, j+1]); those
+    // lanes read x with a plain (masked) vector load. A zero-padded tap (last row / column) has index 0:
+    // those lanes take x[0] broadcast. Only the rest (a sample exactly on the next row / column) is
+    // gathered. Every lane reads the address the gather of all lanes would read: the same values.
+    const __m512i e0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(p)),
+                                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const int32_t tap_off[4] = {0, 1, static_cast<int32_t>(W), static_cast<int32_t>(W) + 1};
+    const __m512i xi[4] = {xi0, xi1, xi2, xi3};
+    __mmask16 reg[4], pad[4], oth[4];
+    bool any_pad = false, any_oth = false;
+    for (int k = 0; k < 4; ++k) {
+      reg[k] = static_cast<__mmask16>(m & _mm512_cmpeq_epi32_mask(xi[k], _mm512_add_epi32(e0, _mm512_set1_epi32(tap_off[k]))));
+      pad[k] = static_cast<__mmask16>(m & ~reg[k] & _mm512_cmpeq_epi32_mask(xi[k], _mm512_setzero_si512()));
+      oth[k] = static_cast<__mmask16>(m & ~reg[k] & ~pad[k]);
+      any_pad = any_pad || pad[k] != 0;
+      any_oth = any_oth || oth[k] != 0;
+    }
     for (int64_t c = c_begin; c < c_end; ++c) {
       const float* xc = x_b + c * HW;
       const float* wc = window + c * wsize;
       // the taps of this block lie in rows i-1 .. i+2 around the block: fetch the lower row ahead
       _mm_prefetch(reinterpret_cast<const char*>(xc + p + pf_ahead), _MM_HINT_T0);
-      const __m512 v0 = _mm512_mask_i32gather_ps(zero, m, xi0, xc, 4);
-      const __m512 v1 = _mm512_mask_i32gather_ps(zero, m, xi1, xc, 4);
-      const __m512 v2 = _mm512_mask_i32gather_ps(zero, m, xi2, xc, 4);
-      const __m512 v3 = _mm512_mask_i32gather_ps(zero, m, xi3, xc, 4);
+      __m512 v[4];
+      for (int k = 0; k < 4; ++k) v[k] = _mm512_maskz_loadu_ps(reg[k], xc + p + tap_off[k]);
+      if (any_pad) {
+        const __m512 x0 = _mm512_set1_ps(xc[0]);
+        for (int k = 0; k < 4; ++k) v[k] = _mm512_mask_mov_ps(v[k], pad[k], x0);
+      }
+      if (any_oth) {
+        for (int k = 0; k < 4; ++k)
+          if (oth[k] != 0) v[k] = _mm512_mask_i32gather_ps(v[k], oth[k], xi[k], xc, 4);
+      }
+      const __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
       __m512 u0, u1, u2, u3;
       if (kWindowInReg) {
         const __m512 win = _mm512_maskz_loadu_ps(wmask, wc);

@@ -220,12 +220,19 @@ static void check_sort(int64_t Bt, int64_t L, bool ties, std::mt19937& rng) {
 }
 
 // ---- DeformGather ----------------------------------------------------------------------------------
-static void check_gather(int64_t Bt, int64_t Ch, int64_t H, int64_t W, int64_t Th, int64_t Tw, std::mt19937& rng) {
+// saturate: that fraction of the offsets is +-40, where tanh is exactly +-1 and the sample point lies
+// exactly on the next (or this) row / column: taps outside the pixel's own 2 x 2 neighbourhood.
+static void check_gather(int64_t Bt, int64_t Ch, int64_t H, int64_t W, int64_t Th, int64_t Tw, std::mt19937& rng,
+                         float saturate = 0.0f) {
   std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
   const int64_t K = 3;
   std::vector<float> x(Bt * Ch * H * W), off(Bt * K * H * W), tab(Ch * Th * Tw), feat(Bt * Ch * H * W);
   for (auto& v : x) v = nd(rng);
-  for (auto& v : off) v = 2.0f * nd(rng);
+  for (auto& v : off) {
+    v = 2.0f * nd(rng);
+    if (ud(rng) < saturate) v = v < 0.0f ? -40.0f : 40.0f;
+  }
   for (auto& v : tab) v = nd(rng);
   deform_gather_cpu<float>({Bt, Ch, H, W, K, Th, Tw}, x.data(), off.data(), tab.data(), feat.data());
   // direct evaluation: full resized table, then the shared per-element functions
@@ -306,6 +313,8 @@ int main() {
   check_gather(2, 5, 4, 4, 7, 7, rng);     // exactly one 16-pixel block
   check_gather(3, 37, 9, 11, 7, 7, rng);   // 6 full blocks + a 3-pixel tail, channel blocks across batches
   check_gather(1, 6, 3, 50, 20, 2, rng);   // wide rows, large table
+  check_gather(2, 9, 13, 21, 7, 7, rng, 0.3f);  // saturated offsets: samples on the next row / column
+  check_gather(1, 3, 2, 2, 7, 7, rng, 1.0f);
   if (g_failures) {
     std::fprintf(stderr, "%d failure(s)\n", g_failures);
     return 1;
