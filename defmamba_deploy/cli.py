@@ -286,6 +286,7 @@ def parity(
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="Path of libdefmamba_ort_ops.so (found automatically after the build)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file ('-' = stdout)."),
     reexport: bool = typer.Option(False, "--reexport", help="Export fresh models to a temporary folder even when ./defmamba_<m>.onnx matches."),
+    backbone: Optional[bool] = typer.Option(None, "--backbone/--classifier", help="Compare the dense-prediction backbone's 4 feature maps (default: what --onnx's sidecar says, else the classifier)."),
 ) -> None:
     """Compare backends with PyTorch on the same inputs; exit 1 when a tolerance fails.
 
@@ -303,16 +304,21 @@ def parity(
         model, weights, ema=ema, unsafe_pickle=unsafe_pickle, onnx=onnx_file, portable_onnx=portable_file,
         backends=[b.strip() for b in backends.split(",") if b.strip()], images=images, samples=samples,
         img_size=parse_size(img_size), batches=_parse_int_list(batch, "--batch"), atol=atol, rtol=rtol,
-        threads=threads, library=plugins, engine=engine, use_exported=not reexport,
+        threads=threads, library=plugins, engine=engine, use_exported=not reexport, backbone=backbone,
         progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False),
     )
     table = Table(title=f"parity vs PyTorch: DefMamba-{report.model} {report.img_size[0]}x{report.img_size[1]}, "
                         f"{len(report.inputs)} inputs, atol {atol:g} rtol {rtol:g}")
-    for col in ("backend", "batch", "max abs", "max rel", "cosine", "top-1", "top-5", "result"):
-        table.add_column(col, justify="left" if col in ("backend", "result") else "right")
+    maps = any(r.output != "logits" for r in report.rows)
+    cols = ["backend", "batch"] + (["output"] if maps else []) + ["max abs", "max rel", "cosine"] + \
+        ([] if maps else ["top-1", "top-5"]) + ["result"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("backend", "output", "result") else "right")
     for r in report.rows:
-        table.add_row(r.backend, str(r.batch), f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.cosine:.7f}",
-                      f"{r.top1:.0%}", f"{r.top5:.0%}", "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+        cells = [r.backend, str(r.batch)] + ([r.output] if maps else []) + \
+            [f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.cosine:.7f}"] + \
+            ([] if maps else [f"{r.top1:.0%}", f"{r.top5:.0%}"]) + ["[green]pass[/]" if r.passed else "[red]FAIL[/]"]
+        table.add_row(*cells)
     console.print(table)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2)

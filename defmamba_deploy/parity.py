@@ -39,10 +39,11 @@ class ParityRow:
     max_abs: float
     max_rel: float
     cosine: float
-    top1: float
-    top5: float
+    top1: float | None  # None for feature maps (backbone), where class agreement means nothing
+    top5: float | None
     passed: bool
     note: str = ""
+    output: str = "logits"
 
 
 @dataclass
@@ -85,20 +86,27 @@ def _polygraphy_within_tolerance(out: np.ndarray, ref: np.ndarray, atol: float, 
     return bool(result["out"])
 
 
-def compare(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict:
+def compare(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float, *, classes: bool = True) -> dict:
+    """Error statistics of ``out`` against ``ref`` (first axis = samples). ``classes``: the outputs are
+    logits, so top-1 / top-5 agreement is computed and top-1 must agree on every sample to pass."""
+    if out.shape != ref.shape:
+        raise UsageError(f"backend output shape {list(out.shape)} differs from the reference's {list(ref.shape)}: "
+                         "the ONNX file or engine holds another model (classifier vs --backbone, or another size)")
     out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
     diff = np.abs(out64 - ref64)
     scale = max(np.abs(ref64).max(), 1e-12)
     a, b = out64.reshape(len(out64), -1), ref64.reshape(len(ref64), -1)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    top1 = float((a.argmax(1) == b.argmax(1)).mean())
-    k = min(5, a.shape[1])
-    top5 = float(np.mean([set(np.argsort(-x)[:k]) == set(np.argsort(-y)[:k]) for x, y in zip(a, b)]))
+    top1 = top5 = None
+    if classes:
+        top1 = float((a.argmax(1) == b.argmax(1)).mean())
+        k = min(5, a.shape[1])
+        top5 = float(np.mean([set(np.argsort(-x)[:k]) == set(np.argsort(-y)[:k]) for x, y in zip(a, b)]))
     ok = _polygraphy_within_tolerance(out, ref, atol, rtol)
     if ok is None:  # polygraphy not installed: numpy's allclose rule
         ok = bool(np.all(diff <= atol + rtol * np.abs(ref64)))
     return {"max_abs": float(diff.max()), "max_rel": float(diff.max() / scale), "cosine": float(cos.min()),
-            "top1": top1, "top5": top5, "passed": ok and top1 == 1.0}
+            "top1": top1, "top5": top5, "passed": ok and (top1 is None or top1 == 1.0)}
 
 
 def make_inputs(img_size: tuple[int, int], samples: int, images: str | os.PathLike | None, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -131,7 +139,7 @@ def _check_same_weights(path, exported: dict | None, weights, load_report) -> No
 
 
 def exported_file_problem(path, side: dict | None, name: str, portable: bool, weights, load_report,
-                          img_size: tuple[int, int], batches: Sequence[int]) -> str | None:
+                          img_size: tuple[int, int], batches: Sequence[int], backbone: bool = False) -> str | None:
     """Why ``path`` (a file ``defmamba-deploy export`` wrote) cannot stand in for this parity run, or None.
 
     It must be the same variant, classifier (not backbone), form (custom-op or portable) and weights, and
@@ -143,8 +151,8 @@ def exported_file_problem(path, side: dict | None, name: str, portable: bool, we
         return "it has no .onnx.json sidecar"
     if side.get("variant") != name:
         return f"it holds DefMamba-{side.get('variant')}, not DefMamba-{name}"
-    if side.get("backbone"):
-        return "it is the backbone export"
+    if bool(side.get("backbone")) != backbone:
+        return "it is the backbone export" if side.get("backbone") else "it is the classifier export"
     if bool(side.get("portable")) != portable:
         return "it is the portable export" if side.get("portable") else "it is the custom-op export"
     try:
@@ -168,8 +176,19 @@ def exported_file_problem(path, side: dict | None, name: str, portable: bool, we
     return None
 
 
-def _run_batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
+def _run_batched(fn, x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """fn(chunk) -> list of outputs, over x in chunks of ``batch``; each output concatenated."""
+    parts = [fn(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def _compare_all(report: "ParityReport", backend: str, batch: int, outs: list[np.ndarray], refs: list[np.ndarray],
+                 names: list[str], atol: float, rtol: float, classes: bool) -> None:
+    if len(outs) != len(refs):
+        raise UsageError(f"{backend} returned {len(outs)} outputs, the reference {len(refs)}: the file holds another "
+                         "model (classifier vs --backbone)")
+    for out, ref, name in zip(outs, refs, names):
+        report.rows.append(ParityRow(backend, batch, len(out), **compare(out, ref, atol, rtol, classes=classes), output=name))
 
 
 def run_parity(
@@ -191,6 +210,7 @@ def run_parity(
     threads: int | None = None,
     library: str | os.PathLike | None = None,
     use_exported: bool = True,
+    backbone: bool | None = None,
     progress=None,
 ) -> ParityReport:
     """Compare each backend with PyTorch on the same inputs (see module docstring).
@@ -199,6 +219,9 @@ def run_parity(
     current folder (``defmamba_<m>.onnx``, ``defmamba_<m>_portable.onnx``) is checked when it matches this
     run (variant, form, weights, input shape; see ``exported_file_problem``) and ``use_exported`` is true;
     otherwise the model is exported to a temporary folder first.
+
+    ``backbone``: compare the dense-prediction backbone's four feature maps instead of the logits (no
+    top-1 / top-5 there); None = what the given ``onnx`` / ``portable_onnx`` sidecars say (else False).
     """
     import torch
 
@@ -223,23 +246,37 @@ def run_parity(
         if engine is None:
             raise UsageError("--backends trt needs --engine F (build one with defmamba-deploy build-engine)")
     say = progress or (lambda msg: None)
-
+    given = {f: bool((read_sidecar(f) or {}).get("backbone")) for f in (onnx, portable_onnx) if f is not None}
+    if backbone is None:
+        backbone = any(given.values())
+        if backbone:
+            say("the given ONNX file is the backbone export: comparing its four feature maps")
+    for f, is_backbone in given.items():
+        if is_backbone != backbone:
+            raise UsageError(f"{f} is the {'backbone' if is_backbone else 'classifier'} export but this parity run "
+                             f"compares the {'backbone' if backbone else 'classifier'}: "
+                             f"{'drop' if backbone else 'pass'} --backbone, or give the matching file")
     x, names = make_inputs(img_size, samples, images)
     report = ParityReport(name, tuple(img_size), atol, rtol, names)
-    say(f"PyTorch reference: DefMamba-{name} on {len(x)} inputs at {img_size[0]}x{img_size[1]}")
+    what = "backbone" if backbone else "classifier"
+    say(f"PyTorch reference: DefMamba-{name} {what} on {len(x)} inputs at {img_size[0]}x{img_size[1]}")
     with tempfile.TemporaryDirectory(prefix="defmamba_parity_") as tmp:
-        net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED)
+        net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED, backbone=backbone)
         if weights is None:
             say(f"no --weights: comparing the seeded random initialisation (seed {RANDOM_INIT_SEED}); fine for parity, meaningless for accuracy")
-        with torch.inference_mode():
-            ref = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, max(batches))
+
+        def torch_fwd(a: np.ndarray) -> list[np.ndarray]:
+            with torch.inference_mode():
+                out = net(torch.from_numpy(a))
+            return [t.numpy() for t in out] if backbone else [out.numpy()]
+
+        out_names = [f"feat{i}" for i in range(4)] if backbone else ["logits"]
+        ref = _run_batched(torch_fwd, x, max(batches))
         files = {"ort": onnx, "ort-portable": portable_onnx}
         for backend in backends:
             if backend == "torch":
                 for b in batches:
-                    with torch.inference_mode():
-                        out = _run_batched(lambda a: net(torch.from_numpy(a)).numpy(), x, b)
-                    report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
+                    _compare_all(report, backend, b, _run_batched(torch_fwd, x, b), ref, out_names, atol, rtol, not backbone)
                 continue
             if backend == "trt":
                 from .runtime.trt import TrtRunner
@@ -251,15 +288,15 @@ def run_parity(
                 say(f"running trt: {engine}")
                 trt_runner = TrtRunner(engine)
                 for b in batches:
-                    out = _run_batched(trt_runner, x, b)
-                    report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
+                    _compare_all(report, backend, b, _run_batched(trt_runner.run, x, b), ref, out_names, atol, rtol,
+                                 not backbone)
                 continue
             path = files[backend]
             if path is None and use_exported:
-                local = default_output(name, portable=backend == "ort-portable")
+                local = default_output(name, portable=backend == "ort-portable", backbone=backbone)
                 if local.is_file():
                     problem = exported_file_problem(local, read_sidecar(local), name, backend == "ort-portable", weights,
-                                                    net.load_report, img_size, batches)
+                                                    net.load_report, img_size, batches, backbone)
                     if problem is None:
                         say(f"using {local} (written by defmamba-deploy export; --reexport checks a fresh export instead)")
                         path = local
@@ -268,7 +305,7 @@ def run_parity(
             if path is None:
                 say(f"exporting {'portable' if backend == 'ort-portable' else 'custom-op'} ONNX for {backend}")
                 path = export_onnx(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=img_size, batch=1,
-                                   dynamic="batch", portable=backend == "ort-portable",
+                                   dynamic="batch", portable=backend == "ort-portable", backbone=backbone,
                                    output=Path(tmp) / f"{backend}.onnx").path
             else:
                 side = read_sidecar(path)
@@ -280,6 +317,5 @@ def run_parity(
             say(f"running {backend}: {path}")
             runner = OrtRunner(path, threads=threads, library=library if backend == "ort" else None)
             for b in batches:
-                out = _run_batched(runner, x, b)
-                report.rows.append(ParityRow(backend, b, len(x), **compare(out, ref, atol, rtol)))
+                _compare_all(report, backend, b, _run_batched(runner.run, x, b), ref, out_names, atol, rtol, not backbone)
     return report

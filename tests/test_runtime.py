@@ -199,6 +199,22 @@ def test_parity_checks_the_file_export_wrote(lib, exported, tmp_path, monkeypatc
     assert r.exit_code == 0 and "defmamba_t.onnx" not in r.output, r.output
 
 
+def test_backbone_parity(lib, tmp_path):
+    """parity compares the backbone's four feature maps (no top-k), from the file's sidecar or --backbone."""
+    bb = export_onnx("t", img_size=(64, 64), backbone=True, output=tmp_path / "bb.onnx").path
+    report = run_parity("t", onnx=bb, backends=["torch", "ort"], samples=1, images=None, img_size=(64, 64),
+                        batches=(1, 2))
+    assert report.passed
+    assert {(r.backend, r.batch, r.output) for r in report.rows} == {
+        (b, n, f"feat{i}") for b in ("torch", "ort") for n in (1, 2) for i in range(4)}
+    assert all(r.top1 is None and r.max_abs < 1e-4 for r in report.rows)
+    with pytest.raises(dd.UsageError, match="backbone export .* drop --backbone|pass --backbone|classifier"):
+        run_parity("t", onnx=bb, backends=["ort"], samples=1, img_size=(64, 64), backbone=False)
+    r = CliRunner().invoke(app, _join_size_args(["parity", "-m", "t", "--onnx", str(bb), "--backends", "ort",
+                                                 "--img-size", "64", "--samples", "1", "--batch", "1"]))
+    assert r.exit_code == 0 and "feat3" in r.output, r.output
+
+
 def test_exported_file_problem():
     from types import SimpleNamespace
 
@@ -211,6 +227,8 @@ def test_exported_file_problem():
     assert "no .onnx.json" in exported_file_problem("f", None, **ok)
     assert "DefMamba-small" in exported_file_problem("f", {**side, "variant": "small"}, **ok)
     assert "backbone" in exported_file_problem("f", {**side, "backbone": True}, **ok)
+    assert exported_file_problem("f", {**side, "backbone": True}, **{**ok, "backbone": True}) is None
+    assert "classifier export" in exported_file_problem("f", side, **{**ok, "backbone": True})
     assert "portable export" in exported_file_problem("f", {**side, "portable": True}, **ok)
     assert "custom-op export" in exported_file_problem("f", side, **{**ok, "portable": True})
     assert "input size is fixed to 224" in exported_file_problem("f", side, **{**ok, "img_size": (224, 256)})

@@ -110,6 +110,10 @@ class TrtRunner:
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(x)[0]
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """All outputs, in the engine's order (logits; or the backbone's 4 feature maps)."""
         cudart, trt = self.cudart, self.trt
         x = self.check_input(x)
         name = self.inputs[0]
@@ -138,7 +142,7 @@ class TrtRunner:
         for o, arr in outs.items():
             _check(cudart.cudaMemcpyAsync(arr.ctypes.data, self.buffers[o].ptr, arr.nbytes, D2H, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
-        return outs[self.outputs[0]]
+        return [outs[o] for o in self.outputs]
 
     def synchronize(self) -> None:
         _check(self.cudart.cudaStreamSynchronize(self.stream))
