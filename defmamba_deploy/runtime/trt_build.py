@@ -255,9 +255,8 @@ def build_engine(
         raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if workspace_gib <= 0:
         raise UsageError(f"--workspace must be > 0 GiB, got {workspace_gib}")
-    from ..onnx import load_onnx, read_sidecar
     from ..libs import find_library
-
+    from ..onnx import load_onnx, read_sidecar
     from ..onnx.guard import has_input_guard, strip_input_guard
 
     onnx_path = Path(onnx_path)
