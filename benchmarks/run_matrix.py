@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--summary-only", type=Path, default=None, help="re-write the .md summary of an existing results JSON")
     args = ap.parse_args()
     if args.summary_only:
+        if not args.summary_only.is_file():
+            raise SystemExit(f"--summary-only: {args.summary_only} is not a file (give a results JSON written by this script)")
         data = json.loads(args.summary_only.read_text())
         args.summary_only.with_suffix(".md").write_text(summary(data))
         return
@@ -89,11 +91,22 @@ def summary(data: dict) -> str:
         spread_s = f"{min(spread):.1f}–{max(spread):.1f} ms" if spread else "-"
         lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['height']}x{r['width']} | {r['median_ms']:.1f} | "
                      f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['images_per_s']:.2f} | {r['peak_rss_mib']:.0f} | {spread_s} |")
+    # the same repeat's eager row: a repeat runs in one period of the (shared) machine, so its pair
+    # is comparable; the ratio of medians over repeats can pair a quiet period with a contended one
+    base_rep = {}
+    for r in data["results"]:
+        if r["backend"] == "torch" and r.get("repeat_medians_ms"):
+            base_rep[(r["batch"], r["height"], r["width"])] = r["repeat_medians_ms"]
     speed = []
     for r in data["results"]:
-        b = base.get((r["batch"], r["height"], r["width"]))
+        key = (r["batch"], r["height"], r["width"])
+        b = base.get(key)
         if b and r["backend"] != "torch":
-            speed.append(f"- {r['backend']} batch {r['batch']}: {b / r['median_ms']:.1f}x PyTorch eager")
+            line = f"- {r['backend']} batch {r['batch']}: {b / r['median_ms']:.1f}x PyTorch eager"
+            if key in base_rep and r.get("repeat_medians_ms"):
+                pairs = ", ".join(f"{e / o:.1f}x" for e, o in zip(base_rep[key], r["repeat_medians_ms"]))
+                line += f" (per repeat, same repeat's eager: {pairs})"
+            speed.append(line)
     if speed:
         lines += ["", "Speed-up over PyTorch eager (median latency):", *speed]
     for s in data.get("skipped", []):
