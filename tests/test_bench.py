@@ -110,3 +110,28 @@ def test_op_bench_rows():
     for r in res["rows"]:
         assert r["bytes"] > 0 and r["achieved_gb_s"] > 0
     assert B.op_bytes("SelectiveScan", {"L": 10, "Ch": 6, "G": 3, "N": 4}) == 4 * 10 * (18 + 24) + 4 * 6 * 6
+
+
+def test_scan_floor_benchmark_measures_the_kernels_exp(tmp_path):
+    """benchmarks/scan_floor.py's C++ program builds with the plugins' flags, times the kernel's exp
+    (bit for bit the scalar reference exp2_table_f32), and both exps it compares stay within 2 ulp."""
+    import importlib.util
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("no C++ compiler on this machine")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_floor.py"
+    spec = importlib.util.spec_from_file_location("scan_floor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    exe = mod.build(tmp_path)
+    out = json.loads(subprocess.run([str(exe), "1", "1"], check=True, capture_output=True, text=True).stdout)
+    if "skipped" in out:
+        pytest.skip(out["skipped"])
+    v = out["variants"]
+    assert set(v) == {"kernel_exp", "coef_exp", "no_exp"}
+    assert v["kernel_exp"]["same_as_kernel"] is True
+    assert v["kernel_exp"]["max_ulp"] <= 2.0 and v["coef_exp"]["max_ulp"] <= 2.0
+    assert all(x["median_ms"] > 0 for x in v.values())
