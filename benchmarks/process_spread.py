@@ -58,6 +58,8 @@ def main() -> None:
                     help="also time PyTorch eager after two forwards at this batch in the same process "
                          "(backend 'torch-after-batchN'): whether glibc's allocator, warmed by large frees, "
                          "makes batch 1 faster in steady state")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result file (default: results/process_spread_<machine>[_batchN].json)")
     args = ap.parse_args()
     from defmamba_deploy.onnx import export_onnx
 
@@ -87,8 +89,10 @@ def main() -> None:
     out["summary"] = summary
     out["machine"] = machine_info()
     suffix = "" if args.batch == 1 else f"_batch{args.batch}"
-    dest = Path(__file__).resolve().parent / "results" / f"process_spread_{machine_slug(out['machine'])}{suffix}.json"
-    dest.write_text(json.dumps(out, indent=2))
+    dest = args.out or Path(__file__).resolve().parent / "results" / f"process_spread_{machine_slug(out['machine'])}{suffix}.json"
+    tmp_dest = dest.with_name(dest.name + ".tmp")
+    tmp_dest.write_text(json.dumps(out, indent=2))
+    tmp_dest.replace(dest)
     print(json.dumps(summary, indent=2))
     print(f"wrote {dest}")
 
