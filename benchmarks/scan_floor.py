@@ -22,6 +22,7 @@ from pathlib import Path
 
 from defmamba_deploy.bench import memcpy_bandwidth, op_bytes, run_op_bench, stage_shapes
 from defmamba_deploy.machine import machine_info, machine_slug
+from defmamba_deploy.onnx.export import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -74,11 +75,8 @@ def main() -> None:
     out = {"format": "defmamba-deploy/scan-floor/1", "machine": machine_info(), "shape": shape, "bytes": nbytes,
            "memcpy_gb_s_runs": bw, "memcpy_threads": args.threads, "floor_ms": floor_ms, "kernel_ms": kernel_ms,
            "micro": micro, "ratios": {what: ms / floor_ms for what, ms, _ in rows}}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"scan_floor_{machine_slug(out['machine'])}.json"
-    tmp_path = path.with_suffix(".json.tmp")
-    tmp_path.write_text(json.dumps(out, indent=2))
-    tmp_path.replace(path)
+    atomic_write_bytes(path, json.dumps(out, indent=2).encode())
     print(f"wrote {path}")
 
 

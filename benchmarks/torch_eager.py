@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import defmamba_deploy as dd
 from defmamba_deploy.machine import machine_info, machine_slug
+from defmamba_deploy.onnx.export import atomic_write_bytes
 from defmamba_deploy.ops.selective_scan import reversed_groups, scan_with_flipped_groups
 
 
@@ -86,10 +87,7 @@ def main() -> None:
     info = machine_info()
     results["machine"] = info
     out = args.out or Path(__file__).resolve().parent / "results" / f"torch_eager_{machine_slug(info)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
+    atomic_write_bytes(out, json.dumps(results, indent=2).encode())
     print(f"wrote {out}")
 
 
