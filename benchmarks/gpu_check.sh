@@ -33,8 +33,14 @@ fail_json() {
 import json, sys, pathlib
 out, reason, d = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
 tail = lambda f: (d / f).read_text(errors="replace")[-8000:] if (d / f).is_file() else None
-json.dump({"error": reason, "nvidia_smi": tail("nvidia-smi.txt"), "build_log": tail("build.log"),
-           "tests_log": tail("tests.log")}, open(out, "w"), indent=2)
+data = {"error": reason, "nvidia_smi": tail("nvidia-smi.txt"), "build_log": tail("build.log"),
+        "tests_log": tail("tests.log")}
+try:  # the package's atomic writer; a plain write only if the package itself cannot be imported here
+    from defmamba_deploy.files import write_json
+except Exception:
+    pathlib.Path(out).write_text(json.dumps(data, indent=2) + "\n")
+else:
+    write_json(out, data)
 PYEOF
 }
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from defmamba_deploy.files import atomic_write_text, write_json
 from defmamba_deploy.machine import machine_info, machine_slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,18 +77,15 @@ def main() -> None:
     result = {"format": "defmamba-deploy/parity-matrix/1", "machine": info, "passed": ok,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
     stem = args.out or RESULTS / f"parity_matrix_{machine_slug(info)}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(result, indent=1) + "\n"), (".md", _markdown(result))):
-        tmp = stem.with_name(stem.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_name(stem.name + suffix))
+    write_json(stem.with_name(stem.name + ".json"), result)
+    atomic_write_text(stem.with_name(stem.name + ".md"), _markdown(result))
     print(f"wrote {stem}.json and {stem}.md: {'all passed' if ok else 'FAILURES'}")
     sys.exit(0 if ok else 1)
 
 
 def _markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"# Export + parity matrix ({result['created']})", "",
+    lines = ["# Export + parity matrix", "",
              f"Machine: {m.get('cpu')}, {m.get('cores')} cores; torch {m.get('torch', '?')}, onnxruntime "
              f"{m.get('onnxruntime', '?')}. Commands per row: `export`, `export --portable`, "
              "`parity --batch 1,4` in one folder (parity checks the two exported files).", "",

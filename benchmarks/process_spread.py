@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from defmamba_deploy.machine import machine_info, machine_slug
-from defmamba_deploy.onnx.export import atomic_write_bytes
+from defmamba_deploy.files import write_json
 
 CHILD = r"""
 import json, sys, time, numpy as np
@@ -91,7 +91,7 @@ def main() -> None:
     out["machine"] = machine_info()
     suffix = "" if args.batch == 1 else f"_batch{args.batch}"
     dest = args.out or Path(__file__).resolve().parent / "results" / f"process_spread_{machine_slug(out['machine'])}{suffix}.json"
-    atomic_write_bytes(dest, json.dumps(out, indent=2).encode())
+    write_json(dest, out)
     print(json.dumps(summary, indent=2))
     print(f"wrote {dest}")
 

@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from defmamba_deploy.bench import plot_latency, run_bench, run_op_bench, validate_report
+from defmamba_deploy.files import atomic_write_text, write_json
 from defmamba_deploy.machine import machine_slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,7 +41,7 @@ def main() -> None:
         if not args.summary_only.is_file():
             raise SystemExit(f"--summary-only: {args.summary_only} is not a file (give a results JSON written by this script)")
         data = json.loads(args.summary_only.read_text())
-        args.summary_only.with_suffix(".md").write_text(summary(data))
+        atomic_write_text(args.summary_only.with_suffix(".md"), summary(data))
         return
 
     sizes = [(int(s), int(s)) for s in args.img_size.split(",")]
@@ -63,10 +64,9 @@ def main() -> None:
         data["ops"] = run_op_bench(args.model, img_sizes=(224, 512), threads=args.threads, seconds=1.0,
                                    progress=lambda m: print(m, flush=True))
     slug = machine_slug(data["machine"])
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{slug}.json").write_text(json.dumps(data, indent=2))
-    plot_latency(data, args.out_dir / f"{slug}.png")
-    (args.out_dir / f"{slug}.md").write_text(summary(data))
+    write_json(args.out_dir / f"{slug}.json", data)
+    plot_latency(data, args.out_dir / f"{slug}.png")  # the library writes the PNG atomically
+    atomic_write_text(args.out_dir / f"{slug}.md", summary(data))
     print(summary(data))
     print(f"wrote {args.out_dir / slug}.{{json,md,png}}")
 

@@ -1,4 +1,4 @@
-"""How close can the selective scan get to the memory floor on this CPU? (issue 3, goal 2)
+"""How close can the selective scan get to the memory floor on this CPU?
 
     python benchmarks/scan_floor.py [--reps 15]
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from defmamba_deploy.bench import memcpy_bandwidth, op_bytes, run_op_bench, stage_shapes
 from defmamba_deploy.machine import machine_info, machine_slug
-from defmamba_deploy.onnx.export import atomic_write_bytes
+from defmamba_deploy.files import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -76,7 +76,7 @@ def main() -> None:
            "memcpy_gb_s_runs": bw, "memcpy_threads": args.threads, "floor_ms": floor_ms, "kernel_ms": kernel_ms,
            "micro": micro, "ratios": {what: ms / floor_ms for what, ms, _ in rows}}
     path = args.out_dir / f"scan_floor_{machine_slug(out['machine'])}.json"
-    atomic_write_bytes(path, json.dumps(out, indent=2).encode())
+    write_json(path, out)
     print(f"wrote {path}")
 
 

@@ -1,4 +1,4 @@
-"""PyTorch eager latency of DefMamba (issue 2's benchmark).
+"""PyTorch eager latency of DefMamba.
 
     python benchmarks/torch_eager.py --model s --batch 1 --img-size 224 --runs 7
 
@@ -9,7 +9,6 @@ measured on one machine. Writes ``benchmarks/results/torch_eager_<machine>.json`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 import defmamba_deploy as dd
 from defmamba_deploy.machine import machine_info, machine_slug
-from defmamba_deploy.onnx.export import atomic_write_bytes
+from defmamba_deploy.files import write_json
 from defmamba_deploy.ops.selective_scan import reversed_groups, scan_with_flipped_groups
 
 
@@ -87,7 +86,7 @@ def main() -> None:
     info = machine_info()
     results["machine"] = info
     out = args.out or Path(__file__).resolve().parent / "results" / f"torch_eager_{machine_slug(info)}.json"
-    atomic_write_bytes(out, json.dumps(results, indent=2).encode())
+    write_json(out, results)
     print(f"wrote {out}")
 
 

@@ -1,4 +1,4 @@
-// scan_floor: how fast can the S6 recurrence itself run on this CPU? (issue 3, goal 2)
+// scan_floor: how fast can the S6 recurrence itself run on this CPU?
 //
 // The SelectiveScan kernel (plugins/selective_scan/cpu_kernel.cpp) is compared with the memory floor
 // (bytes moved / copy bandwidth). This program times the recurrence alone, with everything else
