@@ -1,7 +1,8 @@
 # TensorRT plugin library libdefmamba_trt_plugins.so (included from plugins/CMakeLists.txt after cuda.cmake).
 #
-#   <op>/trt_plugin.cpp + register_trt.cpp (g++), IPluginV3 plugins calling the launchers of <op>/kernel.h,
-#   linked with the static CUDA kernels (defmamba_cuda_kernels) and the static CUDA runtime.
+#   register_trt.cpp here + <op>/trt_plugin.cpp from each op folder (defmamba_op_sources: TRT), g++;
+#   IPluginV3 plugins calling the launchers of <op>/kernel.h, linked with the static CUDA kernels
+#   (defmamba_cuda_kernels) and the static CUDA runtime.
 #
 # Only TensorRT's headers are needed: the library is not linked against libnvinfer (-Wl,--no-undefined
 # proves that it uses no libnvinfer symbol); TensorRT loads it with IPluginRegistry::loadLibrary and calls
@@ -106,12 +107,7 @@ endif()
 # ---- the library ------------------------------------------------------------------------------------------
 if(DEFMAMBA_TRT_BUILT)
   set(DEFMAMBA_TRT_INCLUDE_DIRS "${_dm_trt_inc}" ${CUDAToolkit_INCLUDE_DIRS})
-  add_library(defmamba_trt_plugins SHARED
-    register_trt.cpp
-    common/trt_utils.h common/trt_plugin_base.h
-    selective_scan/trt_plugin.cpp selective_scan/trt_plugin.h
-    deform_gather/trt_plugin.cpp deform_gather/trt_plugin.h
-    token_sort/trt_plugin.cpp token_sort/trt_plugin.h)
+  add_library(defmamba_trt_plugins SHARED register_trt.cpp common/trt_utils.h common/trt_plugin_base.h)
   target_include_directories(defmamba_trt_plugins PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR}/common)
   target_include_directories(defmamba_trt_plugins SYSTEM PRIVATE ${DEFMAMBA_TRT_INCLUDE_DIRS})
   target_compile_options(defmamba_trt_plugins PRIVATE ${DEFMAMBA_CXX_FLAGS})
@@ -127,18 +123,6 @@ if(DEFMAMBA_TRT_BUILT)
     set_property(TARGET defmamba_trt_plugins APPEND PROPERTY LINK_DEPENDS "${_dm_trt_map}")
   endif()
 
-  if(DEFMAMBA_COPY_TO_PACKAGE)
-    set(_dm_pkg_lib_dir "${PROJECT_SOURCE_DIR}/defmamba_deploy/lib")
-    add_custom_command(TARGET defmamba_trt_plugins POST_BUILD
-      COMMAND ${CMAKE_COMMAND} -E make_directory "${_dm_pkg_lib_dir}"
-      COMMAND ${CMAKE_COMMAND} -E copy_if_different "$<TARGET_FILE:defmamba_trt_plugins>" "${_dm_pkg_lib_dir}/"
-      COMMENT "Copying libdefmamba_trt_plugins to defmamba_deploy/lib/"
-      VERBATIM)
-  endif()
-  include(GNUInstallDirs)
-  install(TARGETS defmamba_trt_plugins
-    LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
-    RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   message(STATUS "defmamba: TensorRT plugins ON: TensorRT ${_dm_trt_version} headers ${_dm_trt_inc} "
                  "(libdefmamba_trt_plugins.so, not linked against libnvinfer)")
 endif()
