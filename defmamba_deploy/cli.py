@@ -127,6 +127,24 @@ def info() -> None:
     console.print(table)
 
 
+@app.command("backends")
+@handle_errors
+def backends_cmd() -> None:
+    """The backends parity and bench can run, the precisions each offers and the file it takes.
+
+    Example: [bold]defmamba-deploy backends[/]
+    """
+    from .runtime.registry import backends
+
+    table = Table(title="backends")
+    for col in ("name", "precisions", "file", "what"):
+        table.add_column(col)
+    for b in backends().values():
+        table.add_row(b.name, ", ".join(b.precisions), {"onnx": "--onnx / --portable-onnx", "engine": "--engine"}.get(
+            b.file_kind or "", "-"), b.help)
+    console.print(table)
+
+
 @app.command()
 @handle_errors
 def predict(
@@ -152,11 +170,8 @@ def predict(
       [bold]defmamba-deploy predict -m t --img-size 160 256 photo.png --json[/]
       [bold]defmamba-deploy predict --onnx defmamba_s.onnx cat.jpg dog.png[/]
     """
-    import numpy as np
-    import torch
-
-    from .data import preprocess
     from .model import check_input_size, create_model
+    from .onnx.sidecar import RANDOM_INIT_SEED
 
     h, w = parse_size(img_size)
     check_input_size(h, w)
@@ -171,28 +186,22 @@ def predict(
         from .runtime import Predictor
 
         pred = Predictor(onnx_file, img_size=(h, w) if img_size else None, library=plugins, labels=names)
-        if "random_init_seed" in (pred.runner.sidecar.get("weights") or {}):
+        if pred.runner.sidecar is not None and pred.runner.sidecar.random_init:
             err_console.print(f"[yellow]warning:[/] {onnx_file} was exported without --weights: its predictions mean nothing")
         results = [{"image": str(path), "top": top} for path, top in zip(images, pred.predict(list(images), topk=topk))]
         _print_predictions(results, as_json)
         return
-    batch = np.stack([preprocess(p, (h, w)) for p in images])
     if weights is None:
         err_console.print("[yellow]warning:[/] no --weights given: the model is randomly initialised, so its predictions mean nothing")
-    from .onnx.export import RANDOM_INIT_SEED
+    from .runtime.predictor import Predictor
+    from .runtime.torch_runner import TorchRunner
 
     # (without weights: the same seeded random init as export, so `predict` and `predict --onnx` agree)
     net = create_model(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED)
     if net.load_report is not None:
         err_console.print(net.load_report.summary(), highlight=False)
-    with torch.inference_mode():
-        probs = net(torch.from_numpy(batch)).softmax(-1)
-    k = min(topk, probs.shape[-1])
-    top = probs.topk(k, dim=-1)
-    results = []
-    for path, p, i in zip(images, top.values.tolist(), top.indices.tolist()):
-        results.append({"image": str(path), "top": [
-            {"class": c, "label": names[c] if names and c < len(names) else None, "prob": q} for c, q in zip(i, p)]})
+    pred = Predictor.from_runner(TorchRunner(net), (h, w), mean=net.cfg.mean, std=net.cfg.std, labels=names)
+    results = [{"image": str(path), "top": top} for path, top in zip(images, pred.predict(list(images), topk=topk))]
     _print_predictions(results, as_json)
 
 
@@ -247,22 +256,18 @@ def export(
       [bold]defmamba-deploy export -m s --portable[/]                 -> defmamba_s_portable.onnx
     """
     from .onnx import export_onnx
-    from .onnx.presets import load_preset
+    from .onnx.presets import export_settings
 
-    cfg = load_preset(preset) if preset else {}
-    size = parse_size(img_size) if img_size else tuple(cfg.get("img_size", (224, 224)))
-    res = export_onnx(
-        model, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=size,
-        batch=batch if batch is not None else cfg.get("batch", 1),
-        dynamic=dynamic or cfg.get("dynamic", "batch"), opset=opset or cfg.get("opset", 17),
-        portable=portable, backbone=backbone, output=output,
-    )
+    settings = export_settings(preset, img_size=parse_size(img_size) if img_size else None, batch=batch,
+                               dynamic=dynamic, opset=opset)
+    res = export_onnx(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, portable=portable, backbone=backbone,
+                      output=output, **settings)
     if weights is None:
         err_console.print("[yellow]warning:[/] no --weights given: exported a randomly initialised model")
     side = res.sidecar
     console.print(f"wrote [bold]{res.path}[/] ({res.path.stat().st_size / 2**20:.1f} MiB) and {res.sidecar_path}")
-    console.print(f"  variant {side['variant']}, opset {side['opset']}, dynamic {side['dynamic']}, "
-                  f"custom ops: {', '.join(side['custom_ops']) or 'none (portable)'}", highlight=False)
+    console.print(f"  variant {side.variant}, opset {side.opset}, dynamic {side.dynamic}, "
+                  f"custom ops: {', '.join(side.custom_ops) or 'none (portable)'}", highlight=False)
 
 
 @app.command()
@@ -274,7 +279,7 @@ def parity(
     unsafe_pickle: bool = UnsafeOpt,
     onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for the 'ort' backend (exported on the fly if omitted)."),
     portable_file: Optional[Path] = typer.Option(None, "--portable-onnx", help="Portable ONNX file for 'ort-portable' (exported on the fly if omitted)."),
-    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated: torch, ort, ort-portable, trt."),
+    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated backends (see `defmamba-deploy backends`)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="TensorRT engine for the 'trt' backend (from build-engine)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of photos (default: scikit-image's sample photos)."),
     samples: int = typer.Option(2, "--samples", help="Random-normal inputs in addition to the photos."),
@@ -332,7 +337,7 @@ def parity(
 def bench(
     model: str = ModelOpt,
     weights: Optional[Path] = WeightsOpt,
-    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated: torch, ort, ort-portable, trt."),
+    backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated backends (see `defmamba-deploy backends`)."),
     batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8,32."),
     img_size: str = typer.Option("224", "--img-size", help="Sizes, e.g. 224,384,512 (or HxW entries like 160x256)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8 (comma-separated)."),
@@ -368,7 +373,9 @@ def bench(
     if ops:
         with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True) as prog:
             task = prog.add_task("op bench", total=None)
-            res = B.run_op_bench(model, img_sizes=[h for h, _ in sizes] if img_size != "224" else (224, 512),
+            from .bench_ops import run_op_bench
+
+            res = run_op_bench(model, img_sizes=[h for h, _ in sizes] if img_size != "224" else (224, 512),
                                  threads=threads, warmup=warmup, iters=iters, seconds=seconds if seconds else 1.0,
                                  progress=lambda m: prog.update(task, description=m))
         table = Table(title=f"op bench: DefMamba-{res['model']} shapes, memcpy {res['memcpy_gb_s']:.1f} GB/s "
@@ -484,9 +491,9 @@ def _write_text(path: Path, text: str) -> None:
     if str(path) == "-":
         print(text)
         return
-    from .onnx.export import atomic_write_bytes
+    from .files import atomic_write_text
 
-    atomic_write_bytes(Path(path), text.encode())
+    atomic_write_text(path, text)
 
 
 def main() -> None:

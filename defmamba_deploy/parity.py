@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +27,6 @@ import numpy as np
 
 from .errors import UsageError
 
-BACKENDS = ("torch", "ort", "ort-portable", "trt")
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3  # float32 through ~20 blocks, re-associated sums; see README
 
 
@@ -126,59 +125,9 @@ def make_inputs(img_size: tuple[int, int], samples: int, images: str | os.PathLi
     return np.stack(arrays), names
 
 
-def _check_same_weights(path, exported: dict | None, weights, load_report) -> None:
-    """The ONNX file must hold the weights the PyTorch reference uses, or the comparison means nothing."""
-    if not isinstance(exported, dict):
-        return
-    if weights is None and "sha256" in exported:
-        raise UsageError(f"{path} was exported from {exported.get('path')}: pass the same file with --weights")
-    if weights is not None and "random_init_seed" in exported:
-        raise UsageError(f"{path} was exported with random weights, not --weights {weights}: re-export with --weights")
-    if weights is not None and load_report is not None and exported.get("sha256") not in (None, load_report.sha256):
-        raise UsageError(f"{path} was exported from other weights ({exported.get('path')}) than --weights {weights}: pass the same file")
-
-
-def exported_file_problem(path, side: dict | None, name: str, portable: bool, weights, load_report,
-                          img_size: tuple[int, int], batches: Sequence[int], backbone: bool = False) -> str | None:
-    """Why ``path`` (a file ``defmamba-deploy export`` wrote) cannot stand in for this parity run, or None.
-
-    It must be the same variant, classifier (not backbone), form (custom-op or portable) and weights, and
-    its input shape must admit ``img_size`` and every batch size.
-    """
-    from .onnx.export import RANDOM_INIT_SEED
-
-    if not side:
-        return "it has no .onnx.json sidecar"
-    if side.get("variant") != name:
-        return f"it holds DefMamba-{side.get('variant')}, not DefMamba-{name}"
-    if bool(side.get("backbone")) != backbone:
-        return "it is the backbone export" if side.get("backbone") else "it is the classifier export"
-    if bool(side.get("portable")) != portable:
-        return "it is the portable export" if side.get("portable") else "it is the custom-op export"
-    try:
-        _check_same_weights(path, side.get("weights"), weights, load_report)
-    except UsageError as e:
-        return str(e).replace(f"{path} was", "it was", 1)
-    exported = side.get("weights") or {}
-    if weights is None and exported.get("random_init_seed", RANDOM_INIT_SEED) != RANDOM_INIT_SEED:
-        return f"it holds the random initialisation of seed {exported['random_init_seed']}, not {RANDOM_INIT_SEED}"
-    if load_report is not None and exported.get("source") not in (None, load_report.source):
-        return f"it was exported from the checkpoint's '{exported['source']}' entry, not '{load_report.source}'"
-    inputs = side.get("inputs") or [{}]
-    shape = inputs[0].get("shape") or []
-    if len(shape) != 4:
-        return "its sidecar has no input shape"
-    wanted = {0: list(batches), 2: [img_size[0]], 3: [img_size[1]]}
-    for axis, values in wanted.items():
-        if isinstance(shape[axis], int) and any(v != shape[axis] for v in values):
-            what = "batch" if axis == 0 else "input size"
-            return f"its {what} is fixed to {shape[axis]} (exported with --dynamic {side.get('dynamic')})"
-    return None
-
-
-def _run_batched(fn, x: np.ndarray, batch: int) -> list[np.ndarray]:
-    """fn(chunk) -> list of outputs, over x in chunks of ``batch``; each output concatenated."""
-    parts = [fn(x[i : i + batch]) for i in range(0, len(x), batch)]
+def _run_batched(runner, x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Every output of ``runner`` over x in chunks of ``batch``, each output concatenated."""
+    parts = [runner.infer(x[i : i + batch]) for i in range(0, len(x), batch)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -189,6 +138,26 @@ def _compare_all(report: "ParityReport", backend: str, batch: int, outs: list[np
                          "model (classifier vs --backbone)")
     for out, ref, name in zip(outs, refs, names):
         report.rows.append(ParityRow(backend, batch, len(out), **compare(out, ref, atol, rtol, classes=classes), output=name))
+
+
+def _backbone_of_files(files: Sequence, backbone: bool | None, say) -> bool:
+    """Whether to compare the backbone: as asked, or as the given files' sidecars say; they must agree."""
+    from .onnx import read_sidecar
+
+    given = {}
+    for f in files:
+        side = read_sidecar(f)
+        given[f] = bool(side is not None and side.backbone)
+    if backbone is None:
+        backbone = any(given.values())
+        if backbone:
+            say("the given ONNX file is the backbone export: comparing its four feature maps")
+    for f, is_backbone in given.items():
+        if is_backbone != backbone:
+            raise UsageError(f"{f} is the {'backbone' if is_backbone else 'classifier'} export but this parity run "
+                             f"compares the {'backbone' if backbone else 'classifier'}: "
+                             f"{'drop' if backbone else 'pass'} --backbone, or give the matching file")
+    return backbone
 
 
 def run_parity(
@@ -215,107 +184,58 @@ def run_parity(
 ) -> ParityReport:
     """Compare each backend with PyTorch on the same inputs (see module docstring).
 
-    Without ``onnx`` / ``portable_onnx``, the file that ``defmamba-deploy export`` writes by default in the
-    current folder (``defmamba_<m>.onnx``, ``defmamba_<m>_portable.onnx``) is checked when it matches this
-    run (variant, form, weights, input shape; see ``exported_file_problem``) and ``use_exported`` is true;
-    otherwise the model is exported to a temporary folder first.
+    Backends come from the registry (:mod:`defmamba_deploy.runtime.registry`). A backend that takes an
+    ONNX file gets ``onnx`` (custom-op) or ``portable_onnx``; one that takes an engine gets ``engine``.
+    Without a file, the ONNX backends check the ``defmamba_<m>.onnx`` / ``defmamba_<m>_portable.onnx``
+    that ``defmamba-deploy export`` wrote in the current folder when it matches this run (variant, form,
+    weights, input shape: ``OnnxSidecar.problem``) and ``use_exported`` is true; otherwise they export
+    the model to a temporary folder first.
 
     ``backbone``: compare the dense-prediction backbone's four feature maps instead of the logits (no
     top-1 / top-5 there); None = what the given ``onnx`` / ``portable_onnx`` sidecars say (else False).
     """
-    import torch
-
-    from .model import check_input_size, create_model, resolve_name
-    from .onnx import export_onnx, read_sidecar
-    from .onnx.export import RANDOM_INIT_SEED, default_output
-    from .runtime.onnxrt import OrtRunner
+    from .model import check_input_size, resolve_name
+    from .runtime.registry import BackendRequest, check_backend_names, get_backend
 
     name = resolve_name(model)
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise UsageError(f"unknown backend(s) {unknown}: choose from {', '.join(BACKENDS)}")
+    chosen = check_backend_names(backends)
     if not batches or any(b < 1 for b in batches):
         raise UsageError(f"batch sizes must be >= 1, got {list(batches)}")
     if samples < 0:
         raise UsageError(f"--samples must be >= 0, got {samples}")
     check_input_size(*img_size)
-    if "trt" in backends:  # fail fast, before the slow reference run
-        from .runtime.trt_build import require_tensorrt
-
-        require_tensorrt()
-        if engine is None:
-            raise UsageError("--backends trt needs --engine F (build one with defmamba-deploy build-engine)")
     say = progress or (lambda msg: None)
-    given = {f: bool((read_sidecar(f) or {}).get("backbone")) for f in (onnx, portable_onnx) if f is not None}
-    if backbone is None:
-        backbone = any(given.values())
-        if backbone:
-            say("the given ONNX file is the backbone export: comparing its four feature maps")
-    for f, is_backbone in given.items():
-        if is_backbone != backbone:
-            raise UsageError(f"{f} is the {'backbone' if is_backbone else 'classifier'} export but this parity run "
-                             f"compares the {'backbone' if backbone else 'classifier'}: "
-                             f"{'drop' if backbone else 'pass'} --backbone, or give the matching file")
-    x, names = make_inputs(img_size, samples, images)
-    report = ParityReport(name, tuple(img_size), atol, rtol, names)
-    what = "backbone" if backbone else "classifier"
-    say(f"PyTorch reference: DefMamba-{name} {what} on {len(x)} inputs at {img_size[0]}x{img_size[1]}")
+    backbone = _backbone_of_files([f for f in (onnx, portable_onnx) if f is not None], backbone, say)
+    files = {"onnx": onnx, "portable": portable_onnx, "engine": engine}
+
+    def file_for(b) -> str | os.PathLike | None:
+        if b.file_kind == "onnx":
+            return files["portable" if b.portable else "onnx"]
+        return files.get(b.file_kind) if b.file_kind else None
+
     with tempfile.TemporaryDirectory(prefix="defmamba_parity_") as tmp:
-        net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED, backbone=backbone)
+        base = BackendRequest(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=tuple(img_size),
+                              batches=tuple(batches), threads=threads, library=library, workdir=Path(tmp),
+                              backbone=backbone, use_exported=use_exported, progress=say)
+        requests = {b.name: replace(base, file=file_for(b)) for b in chosen}
+        for b in chosen:  # fail fast, before the slow reference run
+            b.precheck(requests[b.name])
+        x, names = make_inputs(img_size, samples, images)
+        report = ParityReport(name, tuple(img_size), atol, rtol, names)
+        say(f"PyTorch reference: DefMamba-{name} {'backbone' if backbone else 'classifier'} on {len(x)} inputs "
+            f"at {img_size[0]}x{img_size[1]}")
         if weights is None:
-            say(f"no --weights: comparing the seeded random initialisation (seed {RANDOM_INIT_SEED}); fine for parity, meaningless for accuracy")
-
-        def torch_fwd(a: np.ndarray) -> list[np.ndarray]:
-            with torch.inference_mode():
-                out = net(torch.from_numpy(a))
-            return [t.numpy() for t in out] if backbone else [out.numpy()]
-
-        out_names = [f"feat{i}" for i in range(4)] if backbone else ["logits"]
-        ref = _run_batched(torch_fwd, x, max(batches))
-        files = {"ort": onnx, "ort-portable": portable_onnx}
-        for backend in backends:
-            if backend == "torch":
-                for b in batches:
-                    _compare_all(report, backend, b, _run_batched(torch_fwd, x, b), ref, out_names, atol, rtol, not backbone)
-                continue
-            if backend == "trt":
-                from .runtime.trt import TrtRunner
-                from .runtime.trt_build import require_tensorrt
-
-                require_tensorrt()
-                if engine is None:
-                    raise UsageError("--backends trt needs --engine F (build one with defmamba-deploy build-engine)")
-                say(f"running trt: {engine}")
-                trt_runner = TrtRunner(engine)
-                for b in batches:
-                    _compare_all(report, backend, b, _run_batched(trt_runner.run, x, b), ref, out_names, atol, rtol,
-                                 not backbone)
-                continue
-            path = files[backend]
-            if path is None and use_exported:
-                local = default_output(name, portable=backend == "ort-portable", backbone=backbone)
-                if local.is_file():
-                    problem = exported_file_problem(local, read_sidecar(local), name, backend == "ort-portable", weights,
-                                                    net.load_report, img_size, batches, backbone)
-                    if problem is None:
-                        say(f"using {local} (written by defmamba-deploy export; --reexport checks a fresh export instead)")
-                        path = local
-                    else:
-                        say(f"not using {local}: {problem}")
-            if path is None:
-                say(f"exporting {'portable' if backend == 'ort-portable' else 'custom-op'} ONNX for {backend}")
-                path = export_onnx(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=img_size, batch=1,
-                                   dynamic="batch", portable=backend == "ort-portable", backbone=backbone,
-                                   output=Path(tmp) / f"{backend}.onnx").path
+            say("no --weights: comparing the seeded random initialisation; fine for parity, meaningless for accuracy")
+        reference = get_backend("torch").create(replace(base, threads=None)).activate()
+        out_names = reference.output_names
+        ref = _run_batched(reference, x, max(batches))
+        for b in chosen:
+            if b.name == "torch":
+                runner = reference
             else:
-                side = read_sidecar(path)
-                if side and side.get("variant") != name:
-                    raise UsageError(f"{path} was exported from DefMamba-{side.get('variant')}, not DefMamba-{name}: "
-                                     f"pass --model {side.get('variant', '?')[0]} or the right --onnx file")
-                if side:
-                    _check_same_weights(path, side.get("weights"), weights, net.load_report)
-            say(f"running {backend}: {path}")
-            runner = OrtRunner(path, threads=threads, library=library if backend == "ort" else None)
-            for b in batches:
-                _compare_all(report, backend, b, _run_batched(runner.run, x, b), ref, out_names, atol, rtol, not backbone)
+                runner = b.create(replace(requests[b.name], load_report=reference.load_report))
+                say(f"running {b.name}: {getattr(runner, 'path', runner.name)}")
+            with runner:
+                for n in batches:
+                    _compare_all(report, b.name, n, _run_batched(runner, x, n), ref, out_names, atol, rtol, not backbone)
     return report

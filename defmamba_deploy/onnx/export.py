@@ -9,7 +9,6 @@ sidecar (``<model>.onnx.json``) records what was exported.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import tempfile
 import warnings
@@ -21,59 +20,30 @@ import torch
 
 from .. import __version__
 from ..errors import UsageError
+from ..files import write_pair
 from ..model import MIN_INPUT_SIZE, check_input_size, create_model, resolve_name, short_name
 from ..ops import use_implementations
 from .check import custom_ops_used
 from .guard import add_input_guard
 from .schemas import DOMAIN, VERSION, register_schemas
+from .sidecar import FORMAT, RANDOM_INIT_SEED, OnnxSidecar, sidecar_path
 from .symbolics import export_implementations
 
 MIN_OPSET, MAX_OPSET = 17, 20
 DYNAMIC_MODES = ("batch", "shape", "none")
 INPUT_NAME = "input"
-RANDOM_INIT_SEED = 0  # without weights, the random init is seeded so parity/bench can rebuild it
 
 
 @dataclass
 class ExportResult:
     path: Path
     sidecar_path: Path
-    sidecar: dict
+    sidecar: OnnxSidecar
 
 
 def default_output(model: str, portable: bool = False, backbone: bool = False) -> Path:
     name = f"defmamba_{short_name(model)}" + ("_backbone" if backbone else "") + ("_portable" if portable else "")
     return Path(f"{name}.onnx")
-
-
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    return Path(str(onnx_path) + ".json")
-
-
-def read_sidecar(onnx_path: str | os.PathLike) -> dict | None:
-    p = sidecar_path(onnx_path)
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _validate(img_size: tuple[int, int], batch: int, dynamic: str, opset: int) -> None:
@@ -159,7 +129,7 @@ def export_onnx(
         weights_info = {"path": str(weights), "sha256": net.load_report.sha256, "source": net.load_report.source}
     inputs, outputs = _io_spec(proto)
     meta = {
-        "format": "defmamba-deploy/onnx-sidecar/1",
+        "format": FORMAT,
         "toolkit_version": __version__,
         "variant": name,
         "backbone": backbone,
@@ -185,7 +155,6 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"defmamba.{key}", str(meta[key])
     proto.producer_name, proto.producer_version = "defmamba-deploy", __version__
-    atomic_write_bytes(out, proto.SerializeToString())
-    side = sidecar_path(out)
-    atomic_write_bytes(side, json.dumps(meta, indent=2).encode())
-    return ExportResult(out, side, meta)
+    side = OnnxSidecar.from_dict(meta, str(sidecar_path(out)))
+    write_pair(out, proto.SerializeToString(), sidecar_path(out), side.to_dict())
+    return ExportResult(out, sidecar_path(out), side)

@@ -28,3 +28,15 @@ def load_preset(name_or_path: str) -> dict:
     if unknown:
         raise UsageError(f"preset {path} has unknown keys {sorted(unknown)}")
     return data
+
+
+DEFAULTS = {"img_size": (224, 224), "batch": 1, "dynamic": "batch", "opset": 17}
+
+
+def export_settings(preset: str | None = None, **given) -> dict:
+    """export_onnx's img_size / batch / dynamic / opset: the given values (None = not given) over the
+    preset's over the defaults."""
+    cfg = {**DEFAULTS, **({k: v for k, v in load_preset(preset).items() if k in DEFAULTS} if preset else {})}
+    cfg.update({k: v for k, v in given.items() if v is not None})
+    cfg["img_size"] = tuple(cfg["img_size"])
+    return cfg

@@ -1,5 +1,9 @@
-"""Runtimes: plugin-library discovery, ONNX Runtime sessions and a service-ready Predictor."""
+"""Runtimes: the runner contract and registry, ONNX Runtime sessions and runners, a service-ready Predictor."""
 from ..libs import find_library, library_status
-from .onnxrt import OrtRunner, Predictor, create_session
+from .base import Runner
+from .onnxrt import OrtRunner, create_session
+from .predictor import Predictor, top_k
+from .registry import Backend, BackendRequest, Unavailable, backend_names, get_backend, register_backend
 
-__all__ = ["find_library", "library_status", "create_session", "OrtRunner", "Predictor"]
+__all__ = ["find_library", "library_status", "create_session", "OrtRunner", "Predictor", "Runner", "top_k",
+           "Backend", "BackendRequest", "Unavailable", "backend_names", "get_backend", "register_backend"]

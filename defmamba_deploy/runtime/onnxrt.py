@@ -1,9 +1,12 @@
-"""ONNX Runtime sessions with the ``defmamba`` custom ops, and a service-ready ``Predictor``.
+"""ONNX Runtime: sessions with the ``defmamba`` custom ops, the ``ort`` and ``ort-portable`` runners,
+and a service-ready ``Predictor``.
 
 ``create_session`` registers the custom-op library automatically when the model needs it (found
-by :func:`find_library`, or given explicitly) and fails with one clear line when it cannot.
+by :func:`find_library`, or given explicitly) and fails with one clear line when it cannot; every
+ORT session of the package (runners, the op benchmark, calibration) is made here.
 ONNX Runtime sessions are safe for concurrent ``run`` calls, and neither ``OrtRunner`` nor
-``Predictor`` keeps mutable state per call, so one instance can serve many threads.
+``Predictor`` keeps mutable state per call except the last inference time, so one instance can
+serve many threads.
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MissingDependencyError, UsageError
-from ..model import MIN_INPUT_SIZE
-from ..onnx import custom_ops_used, load_onnx, read_sidecar
 from ..libs import find_library
+from ..onnx import custom_ops_used, load_onnx, read_sidecar
+from ..onnx.export import default_output, export_onnx
+from .base import Runner, check_image_batch
+from .registry import Backend, BackendRequest, Unavailable, register_backend
 
 
 def _ort():
@@ -28,24 +33,28 @@ def _ort():
 
 
 def create_session(
-    model_path: str | os.PathLike,
+    model,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     *,
     library: str | os.PathLike | None = None,
     register_library: bool | None = None,
+    options=None,
 ):
-    """An ``onnxruntime.InferenceSession`` for a DefMamba ONNX file.
+    """An ``onnxruntime.InferenceSession`` for a DefMamba ONNX file or ``onnx.ModelProto``.
 
     ``providers``: ORT execution providers (default: CUDA first when available, then CPU).
     ``threads``: intra-op threads (default: ORT's choice, all cores). ``library``: explicit path of
     ``libdefmamba_ort_ops.so``; by default it is registered when the model uses ``defmamba`` ops.
+    ``options``: an ``onnxruntime.SessionOptions`` to start from (threads and the library are added).
     """
     ort = _ort()
-    path = Path(model_path)
-    proto = load_onnx(path)
+    if isinstance(model, (str, os.PathLike)):
+        path, proto = Path(model), load_onnx(model)
+    else:
+        path, proto = Path("<in-memory model>"), model
     needed = custom_ops_used(proto)
-    so = ort.SessionOptions()
+    so = options or ort.SessionOptions()
     if threads is not None:
         if threads < 1:
             raise UsageError(f"threads must be >= 1, got {threads}")
@@ -76,82 +85,108 @@ def create_session(
         raise UsageError(f"onnxruntime could not load {path}: {first}") from None
 
 
-class OrtRunner:
-    """Validated inference on one session: checks rank, dtype, channels and size before ORT sees them."""
+class OrtRunner(Runner):
+    """Validated inference on one ONNX Runtime session (the custom-op or the portable model)."""
 
-    def __init__(self, model_path: str | os.PathLike, providers=None, threads=None, library=None) -> None:
+    backend = "ort"
+
+    def __init__(self, model_path: str | os.PathLike, providers=None, threads=None, library=None, *,
+                 name: str | None = None, activate: bool = True) -> None:
+        super().__init__(name)
         self.path = Path(model_path)
-        self.session = create_session(model_path, providers, threads, library=library)
-        self.sidecar = read_sidecar(model_path) or {}
+        self.providers, self.threads, self.library = providers, threads, library
+        self.sidecar = read_sidecar(model_path)
+        self.session = None
+        if activate:  # the session is made at construction, so a bad file fails where it is named
+            self.activate()
+
+    def activate_impl(self) -> None:
+        self.session = create_session(self.path, self.providers, self.threads, library=self.library)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = list(inp.shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def check_input(self, x: np.ndarray) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise UsageError(f"input must be a numpy array, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise UsageError(f"input must have rank 4 (batch, 3, height, width), got shape {x.shape}")
-        if x.dtype != np.float32:
-            raise UsageError(f"input must be float32, got {x.dtype} (use x.astype(np.float32))")
-        if x.shape[1] != 3:
-            raise UsageError(f"input must have 3 channels (RGB, NCHW layout), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise UsageError(f"input has batch size 0 (shape {x.shape}): give at least one image")
-        h, w = x.shape[2], x.shape[3]
-        if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
-            raise UsageError(f"input {h}x{w} is too small: DefMamba needs height and width >= {MIN_INPUT_SIZE} px")
-        for axis, (want, got) in enumerate(zip(self.input_shape, x.shape)):
-            if isinstance(want, int) and want != got:
-                raise UsageError(f"this model was exported with a fixed input shape {self.input_shape}; got {list(x.shape)} "
-                                 f"(axis {axis}); re-export with --dynamic batch or --dynamic shape")
-        return np.ascontiguousarray(x)
+    def deactivate_impl(self) -> None:
+        self.session = None
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        x = self.check_input(x)
+    def check_input(self, x) -> np.ndarray:
+        return check_image_batch(x, self.input_shape)
+
+    def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.run(x)[0]
+    def run(self, x) -> list[np.ndarray]:
+        """Every output for a checked batch (kept for callers of the service API)."""
+        return self.infer(x)
 
 
-class Predictor:
-    """Images -> top-k classes, for services: ``Predictor("defmamba_s.onnx").predict([img1, img2])``."""
+# --- registration -----------------------------------------------------------------------------------
 
-    def __init__(self, model_path: str | os.PathLike, *, img_size: int | tuple[int, int] | None = None,
-                 providers=None, threads=None, library=None, labels: Sequence[str] | None = None) -> None:
-        self.runner = OrtRunner(model_path, providers, threads, library)
-        side = self.runner.sidecar
-        if img_size is None:
-            img_size = tuple(side.get("export_input_size", (224, 224)))
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        pre = side.get("preprocessing", {})
-        from ..data import IMAGENET_MEAN, IMAGENET_STD
+def check_given_onnx(request: BackendRequest) -> None:
+    """The ONNX file a user gave must be readable and fit the request (variant, weights, size)."""
+    if request.file is None:
+        return
+    path = Path(request.file)
+    load_onnx(path, check=False)
+    side = read_sidecar(path)
+    if side is None:
+        return  # a file from elsewhere: ORT and the input checks decide
+    if side.variant != request.model:
+        raise UsageError(f"{path} was exported from DefMamba-{side.variant}, not DefMamba-{request.model}: "
+                         f"pass --model {side.variant[0]} or the right --onnx file")
+    why = side.weights_problem(request.weights, request.load_report) if request.check_weights else None
+    if why:
+        raise UsageError(f"{path}: {why}")
+    size = tuple(request.img_size)
+    if side.dynamic != "shape" and side.img_size != size:
+        raise UsageError(f"{path} was exported for {side.img_size[0]}x{side.img_size[1]} only (--dynamic "
+                         f"{side.dynamic}); use that --img-size or re-export with --dynamic shape")
 
-        self.mean, self.std = tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD))
-        self.labels = list(labels) if labels is not None else None
 
-    def preprocess(self, images) -> np.ndarray:
-        from ..data import preprocess
+def _onnx_for(request: BackendRequest, portable: bool) -> Path:
+    """The ONNX file a runner of ``request`` uses: the given one (checked against the request), the one
+    ``defmamba-deploy export`` wrote in the current folder when it matches, or a fresh export."""
+    form = "portable" if portable else "custom-op"
+    size = tuple(request.img_size)
+    if request.file is not None:
+        check_given_onnx(request)
+        return Path(request.file)
+    if request.use_exported:
+        local = default_output(request.model, portable=portable, backbone=request.backbone)
+        if local.is_file():
+            side = read_sidecar(local)
+            why = "it has no .onnx.json sidecar" if side is None else side.problem(
+                variant=request.model, portable=portable, backbone=request.backbone, weights=request.weights,
+                load_report=request.load_report, img_sizes=[size], batches=request.batches)
+            if why is None:
+                request.progress(f"using {local} (written by defmamba-deploy export; --reexport checks a fresh export instead)")
+                return local
+            request.progress(f"not using {local}: {why}")
+    # one dynamic-batch file per resolution: the fixed spatial size lets ORT fold the shape arithmetic
+    path = Path(request.workdir) / (f"{request.model}_{'portable' if portable else 'custom'}_{size[0]}x{size[1]}"
+                                    f"{'_backbone' if request.backbone else ''}.onnx")
+    if not path.exists():
+        request.progress(f"exporting {form} ONNX for {'ort-portable' if portable else 'ort'}")
+        export_onnx(request.model, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle, img_size=size,
+                    dynamic="batch", portable=portable, backbone=request.backbone, output=path)
+    return path
 
-        return np.stack([preprocess(im, self.img_size, mean=self.mean, std=self.std) for im in images])
 
-    def predict(self, images, topk: int = 5) -> list[list[dict]]:
-        """For each image (PIL image or path): [{'class', 'label', 'prob'}, ...] best first."""
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise UsageError(f"topk must be an integer >= 1, got {topk!r}")
-        if isinstance(images, (str, os.PathLike)) or not hasattr(images, "__len__"):
-            images = [images]  # one image
-        if len(images) == 0:
-            return []
-        logits = self.runner(self.preprocess(images))
-        z = logits - logits.max(-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-        k = min(topk, probs.shape[-1])
-        out = []
-        for p in probs:
-            idx = np.argsort(-p, kind="stable")[:k]
-            out.append([{"class": int(i), "label": self.labels[i] if self.labels and i < len(self.labels) else None,
-                         "prob": float(p[i])} for i in idx])
-        return out
+def _create(portable: bool):
+    def create(request: BackendRequest) -> OrtRunner:
+        _ort()
+        path = _onnx_for(request, portable)
+        try:
+            return OrtRunner(path, threads=request.threads, library=None if portable else request.library,
+                             name="ort-portable" if portable else "ort")
+        except MissingDependencyError as e:
+            raise Unavailable(str(e)) from None
+
+    return create
+
+
+register_backend(Backend("ort", "ONNX Runtime with the defmamba C++ custom ops", _create(False), file_kind="onnx",
+                         check=check_given_onnx))
+register_backend(Backend("ort-portable", "ONNX Runtime on the standard-ops export (no library needed)", _create(True),
+                         file_kind="onnx", portable=True, check=check_given_onnx))

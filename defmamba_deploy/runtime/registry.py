@@ -47,7 +47,8 @@ class BackendRequest:
     workdir: Path = field(default_factory=Path.cwd)
     backbone: bool = False
     use_exported: bool = False  # may use the file `defmamba-deploy export` wrote in the current folder
-    dynamic_size: bool = False  # one file for several sizes (bench): export with --dynamic shape
+    load_report: object = None  # the reference model's checkpoint report (parity: same weights or refuse)
+    check_weights: bool = True  # a given file must hold these weights (parity yes; a speed benchmark no)
     progress: Callable[[str], None] = lambda msg: None
 
 
@@ -92,9 +93,13 @@ def _load_builtins() -> None:
             importlib.import_module(module)
 
 
+_ORDER = ("torch", "ort", "ort-portable", "trt")  # how lists and help show the built-ins; others follow
+
+
 def backends() -> dict[str, Backend]:
     _load_builtins()
-    return dict(_REGISTRY)
+    names = sorted(_REGISTRY, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
+    return {n: _REGISTRY[n] for n in names}
 
 
 def backend_names() -> tuple[str, ...]:
