@@ -19,12 +19,13 @@
 //         chunk) are prefetched a few lines per time step;
 //      d. y (kChunk, W) is transposed back and stored (rounded once to T).
 //
-// SIMD and ISA dispatch (x86-64, GCC/Clang): the code is templated over the width W (GCC vector
-// extensions) and instantiated three times: W = 4 with the build's flags (portable SSE2 by default),
-// W = 8 with target("avx2,fma") and W = 16 with target("avx512f,..."); the prepass and the
-// recurrence of each variant are compiled as separate functions (Stages*). The widest variant the
-// CPU supports is picked once at run time (__builtin_cpu_supports). With DEFMAMBA_NATIVE
-// (-march=native) or on other architectures only the build's own variant exists.
+// SIMD and ISA dispatch (x86-64, GCC/Clang; the generic layer is common/cpu_simd.h): the code is
+// templated over the width W (GCC vector extensions) and instantiated three times: W = 4 with the
+// build's flags (portable SSE2 by default), W = 8 with target("avx2,fma") and W = 16 with
+// target("avx512f,..."); the prepass and the recurrence of each variant are compiled as separate
+// functions (Stages*). The widest variant the CPU supports is picked once at run time
+// (simd::dispatch_isa). With DEFMAMBA_NATIVE (-march=native) or on other architectures only the
+// build's own variant exists.
 //
 // Arithmetic: every variant evaluates, lane by lane, the float32 algorithms of defmamba_math.h with
 // the same operations in the same order: softplus_table_f32 for dt (division-free), and for the
@@ -41,36 +42,17 @@
 // where the compiler contracts a * b + c into an FMA differently (SSE2 has none).
 #include "cpu_kernel.h"
 
-#include <cstdlib>
+#include <cstdint>
 #include <cstring>
-#include <string>
 #include <type_traits>
-#include <utility>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
-#endif
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(DEFMAMBA_NO_ISA_DISPATCH)
-#define DM_SCAN_X86_DISPATCH 1
-#endif
-
-#if defined(__GNUC__)
-#define DM_ALWAYS_INLINE inline __attribute__((always_inline))
-#define DM_NOINLINE __attribute__((noinline))
-#define DM_RESTRICT __restrict__
-#define DM_UNROLL_16 _Pragma("GCC unroll 16")
-#else
-#define DM_ALWAYS_INLINE inline
-#define DM_NOINLINE
-#define DM_RESTRICT
-#define DM_UNROLL_16
-#endif
+#include "cpu_simd.h"
 
 namespace defmamba {
 namespace {
 
 namespace dm = math;
+using namespace simd;  // lane vectors, ISA primitives, transposes, dispatch (common/cpu_simd.h)
 
 constexpr int64_t kTransposeBlock = 512;  // time steps per B/C transpose task
 constexpr double kTaskGrain = 1 << 18;    // ~ state updates per task
@@ -78,159 +60,10 @@ constexpr int64_t kChunk = 64;            // time steps per chunk (a multiple of
 constexpr int kNS = 16;                   // the state size with the states held in registers
 constexpr int kMaxPrefetch = 3 * 16 * 4;  // cache lines prefetched per chunk: 3 tensors x 16 rows x 4
 
-// ---- lane vectors -------------------------------------------------------------------------------
-// Simd<W>::F / I / U: W floats / int32 / uint32. W = 1 is plain scalars (any compiler); W = 4, 8, 16
-// are GCC/Clang vector extensions (fixed typedefs: a vector_size depending on a template parameter
-// is not reliably supported).
-template <int W>
-struct Simd;
-template <>
-struct Simd<1> {
-  typedef float F;
-  typedef int32_t I;
-  typedef uint32_t U;
-};
-#if defined(__GNUC__)
-typedef float VecF4 __attribute__((vector_size(16)));
-typedef float VecF8 __attribute__((vector_size(32)));
-typedef float VecF16 __attribute__((vector_size(64)));
-typedef int32_t VecI4 __attribute__((vector_size(16)));
-typedef int32_t VecI8 __attribute__((vector_size(32)));
-typedef int32_t VecI16 __attribute__((vector_size(64)));
-typedef uint32_t VecU4 __attribute__((vector_size(16)));
-typedef uint32_t VecU8 __attribute__((vector_size(32)));
-typedef uint32_t VecU16 __attribute__((vector_size(64)));
-template <>
-struct Simd<4> {
-  typedef VecF4 F;
-  typedef VecI4 I;
-  typedef VecU4 U;
-};
-template <>
-struct Simd<8> {
-  typedef VecF8 F;
-  typedef VecI8 I;
-  typedef VecU8 U;
-};
-template <>
-struct Simd<16> {
-  typedef VecF16 F;
-  typedef VecI16 I;
-  typedef VecU16 U;
-};
-#endif
-
-template <typename To, typename From>
-DM_ALWAYS_INLINE To bit_cast(const From& f) {
-  static_assert(sizeof(To) == sizeof(From), "bit_cast size");
-  To t;
-  std::memcpy(&t, &f, sizeof(To));
-  return t;
-}
-
-template <typename V>
-DM_ALWAYS_INLINE V vload(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V>
-DM_ALWAYS_INLINE void vstore(float* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
-template <typename V>
-DM_ALWAYS_INLINE V vsplat(float s) {
-  if constexpr (std::is_same<V, float>::value) {
-    return s;
-  } else {
-    return V{} + s;  // for constants only (0 + s drops the sign of -0)
-  }
-}
-
-// int32 lanes -> float lanes (value conversion).
-template <typename V, typename VI>
-DM_ALWAYS_INLINE V int_to_float(VI k) {
-  if constexpr (std::is_same<V, float>::value) {
-    return static_cast<float>(k);
-  } else {
-#if defined(__GNUC__)
-    return __builtin_convertvector(k, V);
-#endif
-  }
-}
-
-// ---- ISA primitives -----------------------------------------------------------------------------
-// clamp_below(x, lo) = x < lo ? lo : x and clamp_above(x, hi) = x > hi ? hi : x (a NaN x passes
-// through), scale_pow2(e, n) = e * 2^n for integral n with one rounding. The generic forms are
-// vector-extension code (compare + blend); on x86 the clamps map exactly onto (v)maxps(lo, x) /
-// (v)minps(hi, x), which return their second operand when either is NaN, and the 16-lane scale onto
-// vscalefps. The x86 overloads carry their own target attribute: they are inlined once the
-// ISA-generic templates have been inlined into the matching target("...") function.
-template <typename V>
-DM_ALWAYS_INLINE V clamp_below(V x, V lo) {
-  return x < lo ? lo : x;
-}
-template <typename V>
-DM_ALWAYS_INLINE V clamp_above(V x, V hi) {
-  return x > hi ? hi : x;
-}
-// Generic form of lookup16 (tab: 16 floats spread over 16 / W vectors): one lane at a time.
-template <typename V>
-DM_ALWAYS_INLINE V lookup16(const V* tab, V idx) {
-  if constexpr (std::is_same<V, float>::value) {
-    return dm::kExp2Table16[dm::f32_to_bits(idx) & 15u];
-  } else {
-    constexpr int W = sizeof(V) / sizeof(float);
-    float t[16], ix[W], out[W];
-    std::memcpy(t, tab, sizeof(t));
-    std::memcpy(ix, &idx, sizeof(ix));
-    for (int l = 0; l < W; ++l) out[l] = t[dm::f32_to_bits(ix[l]) & 15u];
-    return vload<V>(out);
-  }
-}
-// (GCC only: Clang rejects calls with wide vector arguments into target("...") functions from the
-// ISA-generic templates before inlining; LLVM selects maxps / minps for the generic ternaries itself.)
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE__)
-#define DM_SCAN_X86_PRIMITIVES 1
-[[maybe_unused]] inline VecF4 clamp_below(VecF4 x, VecF4 lo) { return reinterpret_cast<VecF4>(_mm_max_ps(lo, x)); }
-[[maybe_unused]] inline VecF4 clamp_above(VecF4 x, VecF4 hi) { return reinterpret_cast<VecF4>(_mm_min_ps(hi, x)); }
-[[maybe_unused]] __attribute__((target("avx"))) inline VecF8 clamp_below(VecF8 x, VecF8 lo) {
-  return reinterpret_cast<VecF8>(_mm256_max_ps(lo, x));
-}
-[[maybe_unused]] __attribute__((target("avx"))) inline VecF8 clamp_above(VecF8 x, VecF8 hi) {
-  return reinterpret_cast<VecF8>(_mm256_min_ps(hi, x));
-}
-// (the masked forms with a full mask avoid GCC 12's -Wmaybe-uninitialized on _mm512_undefined_ps)
-[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 clamp_below(VecF16 x, VecF16 lo) {
-  return reinterpret_cast<VecF16>(_mm512_mask_max_ps(lo, static_cast<__mmask16>(0xffff), lo, x));
-}
-[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 clamp_above(VecF16 x, VecF16 hi) {
-  return reinterpret_cast<VecF16>(_mm512_mask_min_ps(hi, static_cast<__mmask16>(0xffff), hi, x));
-}
-[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 scale_pow2(VecF16 e, VecF16 n) {
-  return reinterpret_cast<VecF16>(_mm512_mask_scalef_ps(e, static_cast<__mmask16>(0xffff), e, n));
-}
-// lookup16(tab, i) = the 16-entry table tab[bits of i & 15] per lane (exp2's 2^(j/16)).
-[[maybe_unused]] __attribute__((target("avx512f"))) inline VecF16 lookup16(const VecF16* tab, VecF16 idx) {
-  const __m512 t = reinterpret_cast<__m512>(tab[0]);
-  return reinterpret_cast<VecF16>(
-      _mm512_maskz_permutexvar_ps(static_cast<__mmask16>(0xffff), reinterpret_cast<__m512i>(idx), t));
-}
-[[maybe_unused]] __attribute__((target("avx2"))) inline VecF8 lookup16(const VecF8* tab, VecF8 idx) {
-  const __m256i i = reinterpret_cast<__m256i>(idx);
-  const __m256 lo = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(tab[0]), i);  // low 3 bits
-  const __m256 hi = _mm256_permutevar8x32_ps(reinterpret_cast<__m256>(tab[1]), i);
-  return reinterpret_cast<VecF8>(_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(i, 28))));  // bit 3
-}
-#endif
-
 // ---- per-element math ---------------------------------------------------------------------------
 // Per lane these are dm::exp2_table_f32 and dm::softplus_table_f32: the same operations in the same
 // order. vsoftplus_table works on K vectors statement by statement (the K loops are unrolled),
 // which interleaves K independent dependency chains for the out-of-order core.
-#define DM_EACH(K) for (int k_ = 0; k_ < (K); ++k_)
 
 // 2^x per lane: dm::exp2_table_f32 (same operations in the same order). tab: the 2^(j/16) table in
 // 16 / W vectors (Exp2Table<W>). kClamp = false skips the clamps to [-160, 160]; only for the 16-lane
@@ -258,7 +91,7 @@ DM_ALWAYS_INLINE typename Simd<W>::F vexp2(typename Simd<W>::F x, const Exp2Tabl
   typedef typename Simd<W>::F V;
   static_assert(kClamp || kScalef, "unclamped exp2 needs scale_pow2");
   const V magic = vsplat<V>(dm::kExp2Magic);
-#if defined(DM_SCAN_X86_PRIMITIVES)
+#if defined(DM_SIMD_X86_PRIMITIVES)
   // x = dt * a is rounded once, as in exp2_table_f32: keeps the compiler from contracting the product
   // into x + magic and x - n (two FMAs instead of a multiply and two additions: slower on CPUs whose
   // additions and FMAs issue to different pipes, e.g. Zen 4)
@@ -274,7 +107,7 @@ DM_ALWAYS_INLINE typename Simd<W>::F vexp2(typename Simd<W>::F x, const Exp2Tabl
   const V T = lookup16(tab.v, t);
   const V q = ((vsplat<V>(dm::kExp2C3) * r + dm::kExp2C2) * r + dm::kExp2C1) * r;
   const V e = T * q + T;
-#if defined(DM_SCAN_X86_PRIMITIVES)
+#if defined(DM_SIMD_X86_PRIMITIVES)
   if constexpr (kScalef) return scale_pow2(e, n);  // e * 2^floor(n)
 #endif
   return vexp2_scale<W>(e, t);
@@ -297,7 +130,7 @@ DM_ALWAYS_INLINE void vsoftplus_table(typename Simd<W>::F* v, const Exp2Table<W>
     const V q = ((vsplat<V>(0.166666672f) * r[k_] + 0.5f) * r[k_] + 1.0f) * r[k_];
     w[k_] = T * q + T;
   }
-#if defined(DM_SCAN_X86_PRIMITIVES)
+#if defined(DM_SIMD_X86_PRIMITIVES)
   if constexpr (kScalef) {
     DM_EACH(K) w[k_] = scale_pow2(w[k_], n[k_]);
   } else
@@ -310,53 +143,6 @@ DM_ALWAYS_INLINE void vsoftplus_table(typename Simd<W>::F* v, const Exp2Table<W>
   DM_EACH(K) v[k_] = w[k_] * p[k_] + (v[k_] > 0.0f ? v[k_] : vsplat<V>(0.0f));
 }
 
-// ---- W x W transposes ---------------------------------------------------------------------------
-#if defined(__GNUC__)
-// One butterfly stage: swaps bit S of the row index with bit S of the column index for the rows a
-// (bit S clear) and b (bit S set).
-template <int S, typename V, size_t... I>
-DM_ALWAYS_INLINE void butterfly(V& a, V& b, std::index_sequence<I...>) {
-  constexpr int W = static_cast<int>(sizeof...(I));
-#if defined(__clang__) || __GNUC__ >= 12
-  const V lo = __builtin_shufflevector(a, b, ((I & S) ? static_cast<int>(W + I - S) : static_cast<int>(I))...);
-  const V hi = __builtin_shufflevector(a, b, ((I & S) ? static_cast<int>(W + I) : static_cast<int>(I + S))...);
-#else
-  typedef typename Simd<W>::I VI;
-  const V lo = __builtin_shuffle(a, b, VI{((I & S) ? static_cast<int>(W + I - S) : static_cast<int>(I))...});
-  const V hi = __builtin_shuffle(a, b, VI{((I & S) ? static_cast<int>(W + I) : static_cast<int>(I + S))...});
-#endif
-  a = lo;
-  b = hi;
-}
-
-template <int S, int W, typename V>
-DM_ALWAYS_INLINE void transpose_stages(V* r) {
-  if constexpr (S < W) {
-    for (int i = 0; i < W; ++i)
-      if ((i & S) == 0) butterfly<S>(r[i], r[i + S], std::make_index_sequence<W>());
-    transpose_stages<2 * S, W>(r);
-  }
-}
-#endif
-
-// dst[j * ld_dst + i] = src[i * ld_src + j] for i, j < W.
-template <int W>
-DM_ALWAYS_INLINE void transpose_tile(const float* DM_RESTRICT src, int64_t ld_src, float* DM_RESTRICT dst,
-                                     int64_t ld_dst) {
-#if defined(__GNUC__)
-  if constexpr (W > 1) {
-    typedef typename Simd<W>::F V;
-    V r[W];
-    for (int i = 0; i < W; ++i) r[i] = vload<V>(src + i * ld_src);
-    transpose_stages<1, W>(r);
-    for (int i = 0; i < W; ++i) vstore(dst + i * ld_dst, r[i]);
-  } else
-#endif
-  {
-    for (int i = 0; i < W; ++i)
-      for (int j = 0; j < W; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
-  }
-}
 
 // ---- stages -------------------------------------------------------------------------------------
 // B or C of one group, (N, L) -> (L, N) float, time steps [t0, t1).
@@ -482,17 +268,6 @@ DM_ALWAYS_INLINE void scan_chunk_any(const ChunkArgs& c) {
     }
     vstore(c.yb + t * W, acc + vload<V>(c.dsk) * vload<V>(c.uf + t * W));
   }
-}
-
-// tiles consecutive W x W tiles: rows (stride ld) of src -> lane layout dst (tile k at src + k W,
-// dst + k W W), and back.
-template <int W>
-DM_ALWAYS_INLINE void rows_to_lanes(const float* src, int64_t ld, float* dst, int64_t tiles) {
-  for (int64_t k = 0; k < tiles; ++k) transpose_tile<W>(src + k * W, ld, dst + k * W * W, W);
-}
-template <int W>
-DM_ALWAYS_INLINE void lanes_to_rows(const float* src, float* dst, int64_t ld, int64_t tiles) {
-  for (int64_t k = 0; k < tiles; ++k) transpose_tile<W>(src + k * W * W, W, dst + k * W, ld);
 }
 
 // The stages of one variant, each compiled once, as its own function, for that ISA.
@@ -684,23 +459,6 @@ DM_ALWAYS_INLINE void block_impl(const BlockArgs<T>& p, float* scratch_raw) {
 }
 
 // ---- variants and dispatch ----------------------------------------------------------------------
-#if defined(__GNUC__)
-#if defined(__AVX512F__)
-constexpr int kBuildWidth = 16;
-#elif defined(__AVX2__)
-constexpr int kBuildWidth = 8;
-#else
-constexpr int kBuildWidth = 4;
-#endif
-#else
-constexpr int kBuildWidth = 1;
-#endif
-#if defined(DM_SCAN_X86_PRIMITIVES) && defined(__AVX512F__)
-constexpr bool kBuildScalef = true;
-#else
-constexpr bool kBuildScalef = false;
-#endif
-
 template <typename T>
 struct Variant {
   int lanes;
@@ -724,9 +482,7 @@ constexpr auto bc_fn() {
   }
 }
 
-#if defined(DM_SCAN_X86_DISPATCH)
-#define DM_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define DM_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#if defined(DM_SIMD_X86_DISPATCH)
 DM_SCAN_STAGES(StagesAvx2, DM_TARGET_AVX2 DM_NOINLINE, 8, false)
 DM_SCAN_STAGES(StagesAvx512, DM_TARGET_AVX512 DM_NOINLINE, 16, true)
 
@@ -741,22 +497,16 @@ DM_TARGET_AVX512 void block_avx512(const BlockArgs<T>& p, float* scratch) {
 }
 #endif
 
-// The widest variant this CPU runs (resolved once). DEFMAMBA_CPU_ISA=build|avx2|avx512 in the
-// environment caps the choice (for testing the variants on one machine).
+// The variant dispatch_isa() picks for this CPU (resolved once per T).
 template <typename T>
 Variant<T> select_variant() {
-#if defined(DM_SCAN_X86_DISPATCH)
-  const char* env = std::getenv("DEFMAMBA_CPU_ISA");
-  const std::string cap = env ? env : "";
-  if (cap != "build") {
-    if (kBuildWidth < 16 && cap != "avx2" && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw"))
-      return {16, &block_avx512<T>, bc_fn<StagesAvx512, T>()};
-    if (kBuildWidth < 8 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return {8, &block_avx2<T>, bc_fn<StagesAvx2, T>()};
-  }
+  switch (dispatch_isa()) {
+#if defined(DM_SIMD_X86_DISPATCH)
+    case Isa::kAvx512: return {16, &block_avx512<T>, bc_fn<StagesAvx512, T>()};
+    case Isa::kAvx2: return {8, &block_avx2<T>, bc_fn<StagesAvx2, T>()};
 #endif
+    default: break;
+  }
   return {kBuildWidth, &block_build_isa<T>, bc_fn<StagesBuild, T>()};
 }
 
@@ -770,7 +520,7 @@ const Variant<T>& variant() {
 
 const char* selective_scan_cpu_isa() {
   const Variant<float>& v = variant<float>();
-#if defined(DM_SCAN_X86_DISPATCH)
+#if defined(DM_SIMD_X86_DISPATCH)
   if (v.block == &block_avx512<float>) return "avx512";
   if (v.block == &block_avx2<float>) return "avx2";
 #endif
