@@ -83,6 +83,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
+from .fp16 import FP16_MAX, Fp16Report, convert_fp16
+from .fp32_policy import (DEFAULT_POLICY, R_DEFORM, R_DELTA, R_HEAD, R_LAYER_NORM, R_OFFSET, R_REDUCTION,
+                          R_SCAN_PARAMS, R_TOKEN_SORT, R_USER, Fp32Policy, float32_nodes)
+from .fp32_policy import keep_float as _keep_float_ir
+from .graph import name_nodes, prepare
 from .schemas import DOMAIN, register_schemas
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -107,67 +112,6 @@ _REDUCTION_OPS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "Red
 _HEAD_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast"}
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
 _QUANT_OPS = {"Conv", "MatMul", "Gemm"}
-
-# reasons, in priority order (a node kept for several reasons reports the first)
-R_SCAN_PARAMS = "computes SelectiveScan A/D/delta_bias (float32 by schema: exp(delta*A) in float32)"
-R_TOKEN_SORT = "TokenSort: sorts a float32 key (reference positions collapse in float16)"
-R_OFFSET = "offset network: feeds the sampling offsets / sort key"
-R_DELTA = "delta path: feeds SelectiveScan delta (dt projection)"
-R_LAYER_NORM = "LayerNorm: variance in float32"
-R_REDUCTION = "reduction/softmax: accumulates in float32"
-R_HEAD = "classifier head: produces a graph output"
-R_DEFORM = "DeformGather kept float32 by policy"
-R_USER = "requested by policy (nodes/op_types)"
-
-
-@dataclass(frozen=True)
-class Fp32Policy:
-    """Which optional regions stay float32 (FP16) or unquantised (INT8). See the module docstring.
-
-    Mandatory, not switchable: graph I/O, SelectiveScan A/D/delta_bias and the TokenSort input.
-    ``nodes``/``op_types``: extra node names / op types to keep in float32.
-    """
-
-    offset_network: bool = True
-    layer_norm: bool = True
-    reductions: bool = True
-    head: bool = True
-    delta_path: bool = False
-    deform_gather: bool = False
-    nodes: frozenset[str] = frozenset()
-    op_types: frozenset[str] = frozenset()
-
-
-DEFAULT_POLICY = Fp32Policy()
-
-
-@dataclass
-class Fp16Report:
-    """What :func:`convert_fp16` did."""
-
-    kept_fp32: list[tuple[str, str, str]] = field(default_factory=list)  # (node name, op_type, reason)
-    converted_nodes: int = 0  # nodes carrying float tensors that now run in float16
-    casts_inserted: int = 0  # Cast nodes added for activations (graph I/O and region boundaries)
-    initializers_converted: int = 0  # float32 initializers stored as float16 (in place or as a copy)
-    initializers_duplicated: int = 0  # of those, kept in both types because float32 consumers share them
-    fixed_fp32_inputs: list[tuple[str, str, str]] = field(default_factory=list)  # (node, input, reason)
-    clipped_values: int = 0  # initializer values beyond +-65504 clipped to float16's range
-
-    def reasons(self) -> dict[str, int]:
-        out: dict[str, int] = defaultdict(int)
-        for _, _, r in self.kept_fp32:
-            out[r] += 1
-        return dict(out)
-
-    def summary(self) -> str:
-        lines = [f"fp16: {self.converted_nodes} nodes converted, {len(self.kept_fp32)} kept float32, "
-                 f"{self.casts_inserted} casts inserted, {self.initializers_converted} initializers converted "
-                 f"({self.initializers_duplicated} also kept float32)"]
-        lines += [f"  {n:4d} x {r}" for r, n in self.reasons().items()]
-        if self.clipped_values:
-            lines.append(f"  warning: {self.clipped_values} initializer values clipped to +-{FP16_MAX:g}")
-        return "\n".join(lines)
-
 
 @dataclass
 class Int8Report:
@@ -357,286 +301,6 @@ class _Graph:
 
     def is_constant(self, t: str) -> bool:
         return t in self.inits
-
-
-# --------------------------------------------------------------------------------------------------
-# the keep-float32 rules
-
-
-def _offset_network(g: _Graph) -> set[int]:
-    """Nodes on a path from a DeformGather's sampled activation to its offsets or to a TokenSort input."""
-    gathers = g.of_type("DeformGather", DOMAIN)
-    sources = [g.node(k).input[0] for k in gathers]
-    targets = [g.node(k).input[1] for k in gathers] + [g.node(k).input[0] for k in g.of_type("TokenSort", DOMAIN)]
-    if not sources or not targets:
-        return set()
-    region = g.descendants(sources) & g.ancestors(targets)
-    return {k for k in region if not g.is_custom(k)}
-
-
-def _scans(g: _Graph) -> list[onnx.NodeProto]:
-    return [g.node(k) for k in g.of_type("SelectiveScan", DOMAIN)]
-
-
-def _scan_param_nodes(g: _Graph) -> set[int]:
-    out: set[int] = set()
-    for s in _scans(g):
-        out |= g.ancestors([s.input[2], s.input[5], s.input[6]]) - g.ancestors([s.input[0]])
-    return {k for k in out if not g.is_custom(k)}
-
-
-def _delta_path(g: _Graph) -> set[int]:
-    out: set[int] = set()
-    for s in _scans(g):
-        out |= g.ancestors([s.input[1]]) - g.ancestors([s.input[0]])
-    return {k for k in out if not g.is_custom(k)}
-
-
-def _norm_patterns(g: _Graph) -> set[int]:
-    """Decomposed LayerNorm/RMSNorm: Sqrt(Add(ReduceMean(Pow|Mul(d)), eps)) dividing d; all nodes in between."""
-    out: set[int] = set()
-    for k in g.of_type("Sqrt"):
-        add = g.producer.get(g.node(k).input[0])
-        if add is None or g.node(add).op_type != "Add":
-            continue
-        var = next((g.producer.get(t) for t in g.node(add).input if g.producer.get(t) is not None
-                    and g.node(g.producer[t]).op_type == "ReduceMean"), None)
-        if var is None:
-            continue
-        sq = g.producer.get(g.node(var).input[0])
-        if sq is None or g.node(sq).op_type not in ("Pow", "Mul"):
-            continue
-        d = g.node(sq).input[0]  # centred input (LayerNorm) or the input itself (RMSNorm)
-        dk = g.producer.get(d)
-        source = d
-        if dk is not None and g.node(dk).op_type == "Sub":
-            source = g.node(dk).input[0]
-        # the normalising division: Div(d, sqrt) or Mul(d, Reciprocal(sqrt))
-        ends = []
-        for c, _ in g.consumers.get(g.node(k).output[0], ()):
-            cn = g.node(c)
-            if cn.op_type == "Div":
-                ends.append(cn.output[0])
-            elif cn.op_type == "Reciprocal":
-                ends += [g.node(m).output[0] for m, _ in g.consumers.get(cn.output[0], ()) if g.node(m).op_type == "Mul"]
-        if ends:
-            out |= g.descendants([source]) & g.ancestors(ends)
-    return out
-
-
-def _head_nodes(g: _Graph) -> set[int]:
-    """The Gemm/MatMul producing each graph output, and the reshapes/bias adds after it."""
-    out: set[int] = set()
-    for o in g.outputs:
-        walked, t = [], o
-        while (k := g.producer.get(t)) is not None:
-            n = g.node(k)
-            walked.append(k)
-            if n.op_type in ("Gemm", "MatMul"):
-                out.update(walked)
-                break
-            if n.op_type in _HEAD_PASS_THROUGH:
-                t = n.input[0]
-            elif n.op_type in ("Add", "Mul") and sum(g.is_constant(x) for x in n.input) == 1:
-                t = next(x for x in n.input if not g.is_constant(x))
-            else:
-                break
-    return out
-
-
-def _keep_float(g: _Graph, policy: Fp32Policy, *, mandatory: bool = True) -> dict[int, str]:
-    """node index -> reason, for every node that stays float32 (first reason in priority order)."""
-    rules: list[tuple[str, set[int]]] = []
-    if mandatory:
-        rules.append((R_SCAN_PARAMS, _scan_param_nodes(g)))
-        rules.append((R_TOKEN_SORT, set(g.of_type("TokenSort", DOMAIN))))
-    if policy.offset_network:
-        rules.append((R_OFFSET, _offset_network(g)))
-    if policy.delta_path:
-        rules.append((R_DELTA, _delta_path(g)))
-    if policy.layer_norm:
-        rules.append((R_LAYER_NORM, set(g.of_type("LayerNormalization")) | _norm_patterns(g)))
-    if policy.reductions:
-        rules.append((R_REDUCTION, {k for k, n in enumerate(g.nodes) if n.op_type in _REDUCTION_OPS and n.domain in ("", "ai.onnx")}))
-    if policy.head:
-        rules.append((R_HEAD, _head_nodes(g)))
-    if policy.deform_gather:
-        rules.append((R_DEFORM, set(g.of_type("DeformGather", DOMAIN))))
-    if policy.nodes or policy.op_types:
-        unknown = set(policy.nodes) - {n.name for n in g.nodes}
-        if unknown:
-            raise UsageError(f"policy names nodes that are not in the graph: {sorted(unknown)[:5]}")
-        rules.append((R_USER, {k for k, n in enumerate(g.nodes) if n.name in policy.nodes or n.op_type in policy.op_types}))
-    keep: dict[int, str] = {}
-    for reason, ks in rules:
-        for k in sorted(ks):
-            keep.setdefault(k, reason)
-    return keep
-
-
-# --------------------------------------------------------------------------------------------------
-# FP16
-
-
-class _Names:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.used = {i.name for i in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
-        self.used |= {t for n in g.node for t in list(n.input) + list(n.output)} | {n.name for n in g.node}
-
-    def new(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
-        self.used.add(name)
-        return name
-
-
-def _to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
-    clipped = int(np.count_nonzero(np.abs(arr) > FP16_MAX))
-    return np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), clipped
-
-
-def convert_fp16(model: onnx.ModelProto, *, keep_fp32: Fp32Policy = DEFAULT_POLICY) -> tuple[onnx.ModelProto, Fp16Report]:
-    """A float16 copy of ``model`` with the float32 islands of the module docstring; the input is not changed.
-
-    Returns ``(model, report)``. The result passes ``onnx.checker.check_model(full_check=True)`` (with
-    :func:`~defmamba_deploy.onnx.register_schemas`) and keeps float32 graph inputs and outputs.
-    """
-    if not isinstance(keep_fp32, Fp32Policy):
-        raise UsageError(f"keep_fp32 must be an Fp32Policy, got {type(keep_fp32).__name__}")
-    m = _copy_model(model)
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node):
-        raise UsageError("the model already has Q/DQ nodes: convert the float32 export to float16, not a quantised one")
-    _hoist_float_constants(m)
-    _fold_initializer_aliases(m)
-    g = _Graph(m)
-    if not any(t == FLOAT for t in g.types.values()):
-        raise UsageError("the model has no float32 tensors to convert")
-    keep = _keep_float(g, keep_fp32)
-    report = Fp16Report()
-    names = _Names(m)
-    orig = g.types
-    new_type: dict[str, int] = {t: orig[t] for t in g.inputs}
-    init_variant: dict[tuple[str, int], str] = {}
-    new_inits: list[onnx.TensorProto] = []
-    casts: dict[tuple[str, int], str] = {}
-    nodes_out: list[onnx.NodeProto] = []
-
-    def have(t: str) -> int:
-        return new_type.get(t, orig.get(t, 0))
-
-    def as_type(t: str, want: int) -> str:
-        if t in g.inits:
-            key = (t, want)
-            if key not in init_variant:
-                arr = numpy_helper.to_array(g.inits[t])
-                if want == HALF:
-                    arr, clipped = _to_fp16_array(arr)
-                    report.clipped_values += clipped
-                else:
-                    arr = arr.astype(np.float32)
-                tp = numpy_helper.from_array(arr, names.new(f"{t}__fp16" if want == HALF else f"{t}__fp32"))
-                new_inits.append(tp)
-                init_variant[key] = tp.name
-            return init_variant[key]
-        key = (t, want)
-        if key not in casts:
-            out = names.new(f"{t}__{'fp16' if want == HALF else 'fp32'}")
-            nodes_out.append(helper.make_node("Cast", [t], [out], name=names.new(f"{t}/CastTo{'Fp16' if want == HALF else 'Fp32'}"), to=want))
-            new_type[out] = want
-            casts[key] = out
-            report.casts_inserted += 1
-        return casts[key]
-
-    for k, node in enumerate(g.nodes):
-        prec = FLOAT if k in keep else HALF
-        dom = node.domain or ""
-        for i, t in enumerate(node.input):
-            if not t or orig.get(t) != FLOAT:
-                continue
-            fixed = _FIXED_FP32_INPUTS.get((dom, node.op_type, i))
-            if fixed is not None:
-                want = FLOAT
-                if prec == HALF:
-                    report.fixed_fp32_inputs.append((node.name, t, fixed))
-            elif node.op_type in _SHAPE_ONLY_OPS or (node.op_type == "Cast" and dom == ""):
-                continue  # reads any float type
-            else:
-                want = prec
-            if have(t) != want:
-                node.input[i] = as_type(t, want)
-        if node.op_type == "Cast" and dom == "":
-            to = next(a for a in node.attribute if a.name == "to")
-            if to.i == FLOAT and prec == HALF:
-                to.i = HALF
-            new_type[node.output[0]] = to.i
-        elif node.op_type == "ConstantOfShape" and dom == "":
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type == FLOAT and prec == HALF:
-                    arr, _ = _to_fp16_array(numpy_helper.to_array(a.t))
-                    a.t.CopyFrom(numpy_helper.from_array(arr))
-            new_type[node.output[0]] = next((a.t.data_type for a in node.attribute if a.name == "value"), FLOAT)
-        else:
-            for j, o in enumerate(node.output):
-                if o and orig.get(o) == FLOAT:
-                    new_type[o] = FLOAT if (node.op_type, j) in _FIXED_FP32_OUTPUTS else prec
-        nodes_out.append(node)
-        if g.carries_float(k):
-            if k in keep:
-                report.kept_fp32.append((node.name, node.op_type, keep[k]))
-            else:
-                report.converted_nodes += 1
-
-    # graph outputs stay float32: rename the producer's output and cast back under the original name
-    for o in m.graph.output:
-        if orig.get(o.name) == FLOAT and have(o.name) != FLOAT:
-            inner = names.new(f"{o.name}__fp16")
-            for n in nodes_out:
-                for i, t in enumerate(n.input):
-                    if t == o.name:
-                        n.input[i] = inner
-                for i, t in enumerate(n.output):
-                    if t == o.name:
-                        n.output[i] = inner
-            new_type[inner] = have(o.name)
-            nodes_out.append(helper.make_node("Cast", [inner], [o.name], name=names.new(f"{o.name}/CastToFp32"), to=FLOAT))
-            new_type[o.name] = FLOAT
-            report.casts_inserted += 1
-
-    # initializers: drop unused float32 originals; a float16 copy whose original is gone takes its name
-    used = {t for n in nodes_out for t in n.input if t}
-    variant_of = {v: t for (t, want), v in init_variant.items() if want == HALF}
-    final_inits, rename = [], {}
-    for init in list(m.graph.initializer) + new_inits:
-        if init.name in variant_of:
-            src = variant_of[init.name]
-            report.initializers_converted += 1
-            if src in used:
-                report.initializers_duplicated += 1
-            else:
-                rename[init.name] = src
-                init.name = src
-        elif init.name not in used and init.name in g.inits and orig.get(init.name) == FLOAT and any(
-                (init.name, w) in init_variant for w in (HALF, FLOAT)):
-            continue
-        final_inits.append(init)
-    for n in nodes_out:
-        for i, t in enumerate(n.input):
-            if t in rename:
-                n.input[i] = rename[t]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(final_inits)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes_out)
-    for v in m.graph.value_info:
-        if v.type.HasField("tensor_type") and v.name in new_type:
-            v.type.tensor_type.elem_type = new_type[v.name]
-    if report.clipped_values:
-        warnings.warn(f"convert_fp16: {report.clipped_values} initializer values exceed float16's range and were "
-                      f"clipped to +-{FP16_MAX:g}", stacklevel=2)
-    _check(m, "convert_fp16")
-    return m, report
 
 
 def _check(model: onnx.ModelProto, what: str) -> None:
@@ -840,7 +504,7 @@ def quantize_int8_qdq(
     percentile: float = 99.99,
     library: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
-    keep_float: Fp32Policy = DEFAULT_POLICY,
+    keep_float: Fp32Policy = DEFAULT_POLICY,  # noqa: F811 - the keyword predates the function
 ) -> tuple[onnx.ModelProto, Int8Report]:
     """An explicitly quantised (Q/DQ, symmetric INT8) copy of the float32 ``model``.
 
@@ -857,17 +521,19 @@ def quantize_int8_qdq(
         raise UsageError(f"percentile must be in (0, 100], got {percentile!r}")
     if not isinstance(keep_float, Fp32Policy):
         raise UsageError(f"keep_float must be an Fp32Policy, got {type(keep_float).__name__}")
+    policy = keep_float
     m = _copy_model(model)
     if _opset(m) < MIN_QDQ_OPSET:
         raise UsageError(f"per-channel Q/DQ needs opset >= {MIN_QDQ_OPSET}, the model has opset {_opset(m)}: re-export with --opset 17")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node):
         raise UsageError("the model already has Q/DQ nodes: quantise the float32 export")
-    _hoist_float_constants(m)
-    _fold_initializer_aliases(m)
+    m = prepare(m)
     g = _Graph(m)
     if any(t == HALF for t in g.types.values()):
         raise UsageError("the model has float16 tensors: quantise the float32 export (opset-13 Q/DQ scales are float32)")
-    keep = _keep_float(g, keep_float, mandatory=False)
+    from .graph import Graph as _IrGraph
+    by_name = {n.name: r for n, r in _keep_float_ir(_IrGraph(m), policy).items()}
+    keep = {k: by_name[n.name] for k, n in enumerate(g.nodes) if n.name in by_name}
     report = Int8Report(calibration=calibration, percentile=float(percentile) if calibration == "percentile" else None)
 
     # plan: which node inputs get Q/DQ, and which are weights (initializers) vs activations
@@ -966,4 +632,5 @@ def quantize_int8_qdq(
     return m, report
 
 
-__all__ = ["convert_fp16", "quantize_int8_qdq", "Fp32Policy", "DEFAULT_POLICY", "Fp16Report", "Int8Report"]
+__all__ = ["convert_fp16", "quantize_int8_qdq", "float32_nodes", "name_nodes", "Fp32Policy", "DEFAULT_POLICY", "Fp16Report",
+           "Int8Report"]
