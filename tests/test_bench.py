@@ -103,13 +103,15 @@ def test_cli_writes_json_csv_plot(tmp_path):
 
 
 def test_op_bench_rows():
-    res = B.run_op_bench("t", img_sizes=(64,), impls=("torch", "ort-portable"), seconds=None, iters=1, warmup=0)
+    from defmamba_deploy.bench_ops import op_bytes, run_op_bench
+
+    res = run_op_bench("t", img_sizes=(64,), impls=("torch", "ort-portable"), seconds=None, iters=1, warmup=0)
     assert res["memcpy_gb_s"] > 0 and res["memcpy_gb_s_1thread"] > 0 and res["memcpy_threads"] >= 1
     ops = {(r["op"], r["impl"]) for r in res["rows"]}
     assert ("SelectiveScan", "torch") in ops and ("TokenSort", "ort-portable") in ops
     for r in res["rows"]:
         assert r["bytes"] > 0 and r["achieved_gb_s"] > 0
-    assert B.op_bytes("SelectiveScan", {"L": 10, "Ch": 6, "G": 3, "N": 4}) == 4 * 10 * (18 + 24) + 4 * 6 * 6
+    assert op_bytes("SelectiveScan", {"L": 10, "Ch": 6, "G": 3, "N": 4}) == 4 * 10 * (18 + 24) + 4 * 6 * 6
 
 
 def test_scan_floor_benchmark_measures_the_kernels_exp(tmp_path):

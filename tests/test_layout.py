@@ -1,11 +1,13 @@
 """The package's layering (DEVELOPERS.md): each module imports only modules of its own or lower layers.
 
-    0  errors, machine, libs, data   utilities (plugin-library discovery, image loading)
+    0  errors, machine, libs, data,  utilities (plugin-library discovery, image loading, the one file writer)
+       files
     1  ops                           the three ops as PyTorch functions (the semantic reference)
     2  model (and the package root)  DefMamba, checkpoints
     3  onnx                          schemas, symbolics, export, portable expansion, precision
-    4  runtime                       ONNX Runtime / TensorRT sessions, engines, Predictor
-    5  parity, bench                 backend comparison, benchmarks
+    4  runtime                       the Runner contract and backend registry; PyTorch, ONNX Runtime and
+                                     TensorRT runners, engines, calibration, Predictor
+    5  parity, bench, bench_ops      backend comparison, benchmarks
     6  cli                           the Typer app
 
 Imports inside functions count too: a lazy import is still a dependency.
@@ -17,12 +19,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "defmamba_deploy"
 LAYERS = {
-    "errors": 0, "machine": 0, "libs": 0, "data": 0,
+    "errors": 0, "machine": 0, "libs": 0, "data": 0, "files": 0,
     "ops": 1,
     "model": 2, "": 2,  # "" = the package root (__version__, re-exports of model and errors)
     "onnx": 3,
     "runtime": 4,
-    "parity": 5, "bench": 5,
+    "parity": 5, "bench": 5, "bench_ops": 5,
     "cli": 6,
 }
 
@@ -81,3 +83,87 @@ def test_the_check_sees_imports():
     assert "defmamba_deploy.libs" in names and "defmamba_deploy.errors" in names
     assert any(n.startswith("defmamba_deploy.runtime") for n in _imports(PACKAGE / "cli.py"))
     assert LAYERS[_unit("defmamba_deploy.runtime.onnxrt")] > LAYERS[_unit("defmamba_deploy.onnx.export")]
+
+
+MAX_MODULE_LINES = 600
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = ["defmamba_deploy", *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (a name that is a package's attribute counts as the package)."""
+    modules = {_module_name(p): p for p in _modules()}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for target in _imports(path):
+            while target not in modules and "." in target:  # "pkg.mod.func" -> "pkg.mod"
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != name:
+                deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def _without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """A package's __init__ re-exporting its modules is not a cycle with a module that imports a sibling
+    through the package: count edges into a package only from outside it."""
+    out = {}
+    for n, deps in graph.items():
+        out[n] = {d for d in deps if not (n.startswith(d + ".") and d in graph)}
+    return out
+
+
+def test_no_import_cycle():
+    cycle = _find_cycle(_without_package_inits(_import_graph()))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_can_fail():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+    graph = _import_graph()
+    assert "defmamba_deploy.files" in graph["defmamba_deploy.onnx.export"]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_over_600_lines(path):
+    n = len(path.read_text().splitlines())
+    assert n <= MAX_MODULE_LINES, f"{path.relative_to(PACKAGE)} has {n} lines: split it by concern"
+
+
+def test_one_atomic_writer():
+    """Only files.py renames temporaries into place; every other writer calls it."""
+    offenders = [str(p.relative_to(PACKAGE)) for p in _modules()
+                 if p.name != "files.py" and ("os.replace(" in p.read_text() or "mkstemp(" in p.read_text())]
+    assert not offenders, f"write through defmamba_deploy.files instead: {offenders}"

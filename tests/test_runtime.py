@@ -215,38 +215,58 @@ def test_backbone_parity(lib, tmp_path):
     assert r.exit_code == 0 and "feat3" in r.output, r.output
 
 
-def test_exported_file_problem():
+def test_sidecar_problem():
+    """OnnxSidecar.problem: the one check of whether an exported file may stand in for a run."""
     from types import SimpleNamespace
 
-    from defmamba_deploy.parity import exported_file_problem
+    from defmamba_deploy.onnx.sidecar import OnnxSidecar
 
-    side = {"variant": "tiny", "backbone": False, "portable": False, "inputs": [{"shape": ["batch", 3, 224, 224]}],
-            "dynamic": "batch", "weights": {"random_init_seed": 0}}
-    ok = dict(name="tiny", portable=False, weights=None, load_report=None, img_size=(224, 224), batches=(1, 4))
-    assert exported_file_problem("f", side, **ok) is None
-    assert "no .onnx.json" in exported_file_problem("f", None, **ok)
-    assert "DefMamba-small" in exported_file_problem("f", {**side, "variant": "small"}, **ok)
-    assert "backbone" in exported_file_problem("f", {**side, "backbone": True}, **ok)
-    assert exported_file_problem("f", {**side, "backbone": True}, **{**ok, "backbone": True}) is None
-    assert "classifier export" in exported_file_problem("f", side, **{**ok, "backbone": True})
-    assert "portable export" in exported_file_problem("f", {**side, "portable": True}, **ok)
-    assert "custom-op export" in exported_file_problem("f", side, **{**ok, "portable": True})
-    assert "input size is fixed to 224" in exported_file_problem("f", side, **{**ok, "img_size": (224, 256)})
-    fixed = {**side, "inputs": [{"shape": [1, 3, 224, 224]}], "dynamic": "none"}
-    assert "batch is fixed to 1" in exported_file_problem("f", fixed, **ok)
-    assert exported_file_problem("f", fixed, **{**ok, "batches": (1,)}) is None
-    anysize = {**side, "inputs": [{"shape": ["batch", 3, "height", "width"]}], "dynamic": "shape"}
-    assert exported_file_problem("f", anysize, **{**ok, "img_size": (160, 256)}) is None
-    assert "seed 3" in exported_file_problem("f", {**side, "weights": {"random_init_seed": 3}}, **ok)
+    base = {"variant": "tiny", "backbone": False, "portable": False, "inputs": [{"shape": ["batch", 3, 224, 224]}],
+            "outputs": [{"name": "logits"}], "dynamic": "batch", "weights": {"random_init_seed": 0}}
+
+    def problem(side: dict, **kw):
+        ok = dict(variant="tiny", portable=False, backbone=False, weights=None, load_report=None,
+                  img_sizes=[kw.pop("img_size", (224, 224))], batches=(1, 4))
+        return OnnxSidecar.from_dict(side).problem(**{**ok, **kw})
+
+    assert problem(base) is None
+    assert "DefMamba-small" in problem({**base, "variant": "small"})
+    assert "backbone" in problem({**base, "backbone": True})
+    assert problem({**base, "backbone": True}, backbone=True) is None
+    assert "classifier export" in problem(base, backbone=True)
+    assert "portable export" in problem({**base, "portable": True})
+    assert "custom-op export" in problem(base, portable=True)
+    assert "input size is fixed to 224" in problem(base, img_size=(224, 256))
+    fixed = {**base, "inputs": [{"shape": [1, 3, 224, 224]}], "dynamic": "none"}
+    assert "batch is fixed to 1" in problem(fixed)
+    assert problem(fixed, batches=(1,)) is None
+    anysize = {**base, "inputs": [{"shape": ["batch", 3, "height", "width"]}], "dynamic": "shape"}
+    assert problem(anysize, img_size=(160, 256)) is None
+    assert "seed 3" in problem({**base, "weights": {"random_init_seed": 3}})
     rep = SimpleNamespace(sha256="abc", source="model")
-    trained = {**side, "weights": {"path": "w.pth", "sha256": "abc", "source": "model"}}
-    assert "--weights" in exported_file_problem("f", trained, **ok)
-    assert exported_file_problem("f", trained, **{**ok, "weights": "w.pth", "load_report": rep}) is None
-    assert "other weights" in exported_file_problem(
-        "f", trained, **{**ok, "weights": "w.pth", "load_report": SimpleNamespace(sha256="def", source="model")})
-    assert "'model' entry, not 'model_ema'" in exported_file_problem(
-        "f", trained, **{**ok, "weights": "w.pth", "load_report": SimpleNamespace(sha256="abc", source="model_ema")})
-    assert "random weights" in exported_file_problem("f", side, **{**ok, "weights": "w.pth", "load_report": rep})
+    trained = {**base, "weights": {"path": "w.pth", "sha256": "abc", "source": "model"}}
+    assert "--weights" in problem(trained)
+    assert problem(trained, weights="w.pth", load_report=rep) is None
+    assert "other weights" in problem(trained, weights="w.pth", load_report=SimpleNamespace(sha256="def", source="model"))
+    assert "'model' entry, not 'model_ema'" in problem(
+        trained, weights="w.pth", load_report=SimpleNamespace(sha256="abc", source="model_ema"))
+    assert "random weights" in problem(base, weights="w.pth", load_report=rep)
+
+
+def test_sidecar_reading(tmp_path):
+    """A missing, broken or foreign sidecar reads as None; from_dict names what is wrong."""
+    from defmamba_deploy.onnx.sidecar import OnnxSidecar
+
+    f = tmp_path / "m.onnx"
+    assert OnnxSidecar.read(f) is None
+    (tmp_path / "m.onnx.json").write_text("{broken")
+    assert OnnxSidecar.read(f) is None
+    with pytest.raises(dd.UsageError, match="lacks variant"):
+        OnnxSidecar.from_dict({"inputs": [], "outputs": []})
+    with pytest.raises(dd.UsageError, match="format"):
+        OnnxSidecar.from_dict({"format": "other/1", "variant": "tiny", "inputs": [], "outputs": []})
+    with pytest.raises(dd.UsageError, match="input shape"):
+        OnnxSidecar.from_dict({"variant": "tiny", "inputs": [{"shape": [3, 4]}], "outputs": []})
 
 
 def test_parity_random_init_matches_export(lib, tmp_path):
