@@ -9,7 +9,7 @@ import pytest
 from defmamba_deploy.onnx import OP_SPECS, register_schemas
 from defmamba_deploy.onnx.schemas import DOMAIN, VERSION
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 FOLDER = {"SelectiveScan": "selective_scan", "DeformGather": "deform_gather", "TokenSort": "token_sort"}
 
 

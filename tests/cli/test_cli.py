@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import defmamba_deploy as dd
 from defmamba_deploy.cli import _join_size_args, app, parse_size
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

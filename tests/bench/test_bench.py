@@ -124,7 +124,7 @@ def test_scan_floor_benchmark_measures_the_kernels_exp(tmp_path):
 
     if not (shutil.which("g++") or shutil.which("c++")):
         pytest.skip("no C++ compiler on this machine")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_floor.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "scan_floor.py"
     spec = importlib.util.spec_from_file_location("scan_floor", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

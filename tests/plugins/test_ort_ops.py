@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
-LIB = Path(__file__).resolve().parents[1] / "defmamba_deploy" / "lib" / "libdefmamba_ort_ops.so"
+LIB = Path(__file__).resolve().parents[2] / "defmamba_deploy" / "lib" / "libdefmamba_ort_ops.so"
 BUILD_HINT = (
     "bash scripts/fetch_ort_headers.sh && cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "
     "&& cmake --build build -j2"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BUILD_DIR = Path(os.environ.get("DEFMAMBA_BUILD_DIR", Path(__file__).resolve().parents[1] / "build"))
+BUILD_DIR = Path(os.environ.get("DEFMAMBA_BUILD_DIR", Path(__file__).resolve().parents[2] / "build"))
 
 
 def test_ctest_suite():
