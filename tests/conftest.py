@@ -23,3 +23,14 @@ def golden(reference_dir):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def lib():
+    """The built ONNX Runtime custom-op library (tests that need it skip, saying how to build it)."""
+    from defmamba_deploy.libs import find_library
+
+    path = find_library("ort", required=False)
+    if path is None:
+        pytest.skip("libdefmamba_ort_ops.so is not built (bash scripts/build_plugins.sh)")
+    return path

@@ -1,7 +1,7 @@
 """DefMamba: Deformable Visual State Space Model (CVPR 2025, arXiv 2504.05794).
 
-A faithful inference re-implementation written from ``MODEL_SPEC.md`` (the authors' code
-is the ground truth; this file reproduces its outputs and its state_dict names one for one).
+A faithful inference re-implementation of what docs/model.md describes (the authors' code is
+the ground truth; this file reproduces its outputs and its state_dict names one for one).
 Training-only parts (drop-path, weight init schemes beyond a sane default) are left out:
 drop-path is the identity at inference.
 

@@ -138,7 +138,7 @@ def assert_valid_order(perm, key, tol=1e-6):
     """perm is a permutation that sorts ``key`` ascending, up to swaps of keys within ``tol``.
 
     Two correct implementations may differ by an ulp in tanh, which can swap near-tied neighbours
-    (MODEL_SPEC: ~1e-7 near-ties occur several times per image); exact agreement is checked
+    (docs/model.md, Token sort: ~1e-7 near-ties occur several times per image); exact agreement is checked
     separately against the implementation's own key.
     """
     perm = np.asarray(perm)

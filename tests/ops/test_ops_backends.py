@@ -93,7 +93,7 @@ def test_token_sort(backend, bt, length, scale):
     key = sort_key(torch.from_numpy(a["token_offset"])).numpy()
     np.testing.assert_array_equal(np.take_along_axis(inv, perm, -1), np.broadcast_to(np.arange(length), perm.shape))
     # equal to the reference except where tanh's last bit differs between libraries and swaps
-    # two keys within 2 ulp (MODEL_SPEC: such near-ties occur); those keys must still be in order
+    # two keys within 2 ulp (docs/model.md, Token sort: such near-ties occur); those keys must still be in order
     sorted_key = np.take_along_axis(key, perm, -1)
     assert (np.diff(sorted_key, axis=-1) >= -2.5e-7).all()
     mismatch = perm != ref_perm.numpy()

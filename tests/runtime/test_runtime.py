@@ -12,15 +12,7 @@ import defmamba_deploy as dd
 from defmamba_deploy.cli import _join_size_args, app
 from defmamba_deploy.onnx import export_onnx
 from defmamba_deploy.parity import run_parity
-from defmamba_deploy.runtime import OrtRunner, Predictor, create_session, find_library
-
-
-@pytest.fixture(scope="module")
-def lib():
-    path = find_library("ort", required=False)
-    if path is None:
-        pytest.skip("libdefmamba_ort_ops.so is not built (bash scripts/build_plugins.sh)")
-    return path
+from defmamba_deploy.runtime import OrtRunner, Predictor, create_session
 
 
 @pytest.fixture(scope="module")
