@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from defmamba_deploy.machine import machine_info, machine_slug
 from defmamba_deploy.files import write_json
+from defmamba_deploy.machine import machine_info, machine_slug
 
 CHILD = r"""
 import json, sys, time, numpy as np

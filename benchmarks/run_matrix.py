@@ -15,7 +15,8 @@ import json
 import statistics
 from pathlib import Path
 
-from defmamba_deploy.bench import plot_latency, run_bench, run_op_bench, validate_report
+from defmamba_deploy.bench import plot_latency, run_bench, validate_report
+from defmamba_deploy.bench_ops import run_op_bench
 from defmamba_deploy.files import atomic_write_text, write_json
 from defmamba_deploy.machine import machine_slug
 

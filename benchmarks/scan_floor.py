@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from defmamba_deploy.bench import memcpy_bandwidth, op_bytes, run_op_bench, stage_shapes
-from defmamba_deploy.machine import machine_info, machine_slug
+from defmamba_deploy.bench_ops import memcpy_bandwidth, op_bytes, run_op_bench, stage_shapes
 from defmamba_deploy.files import write_json
+from defmamba_deploy.machine import machine_info, machine_slug
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

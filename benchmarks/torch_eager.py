@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import defmamba_deploy as dd
-from defmamba_deploy.machine import machine_info, machine_slug
 from defmamba_deploy.files import write_json
+from defmamba_deploy.machine import machine_info, machine_slug
 from defmamba_deploy.ops.selective_scan import reversed_groups, scan_with_flipped_groups
 
 
