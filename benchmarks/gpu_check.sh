@@ -7,8 +7,8 @@
 #   1. configure + build with CUDA for the detected GPU architecture only (build/gpu-check/): the C test ABI
 #      libdefmamba_cuda_kernels.so, and libdefmamba_ort_ops.so with its CUDA-EP ops when the ORT
 #      headers are present (.deps/onnxruntime/include; carry it along, it is git-ignored);
-#   2. tests/test_cuda_kernels.py (pytest, or the module's own `selftest` runner without pytest);
-#   3. the benchmark (tests/test_cuda_kernels.py bench): SelectiveScan for DefMamba-S stage-1 and
+#   2. tests/plugins/test_cuda_kernels.py (pytest, or the module's own `selftest` runner without pytest);
+#   3. the benchmark (tests/plugins/test_cuda_kernels.py bench): SelectiveScan for DefMamba-S stage-1 and
 #      stage-3 shapes at batch 1 and 32 (CUDA events after warm-up) against the memory-bandwidth bound
 #      (bytes moved / measured device-to-device copy bandwidth) and against the PyTorch reference on the
 #      same GPU; DeformGather and TokenSort timings too.
@@ -100,11 +100,11 @@ export DEFMAMBA_CUDA_KERNELS_LIB=$ROOT/$BUILD_DIR/plugins/libdefmamba_cuda_kerne
 # ---- 2. tests ------------------------------------------------------------------------------------------
 S0=$(date +%s)
 if "$PY" -c "import pytest" 2>/dev/null; then
-  timeout 240 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_kernels.py \
+  timeout 240 "$PY" -m pytest -q -rs -p no:cacheprovider tests/plugins/test_cuda_kernels.py \
     --junitxml="$OUT/junit.xml" > "$OUT/tests.log" 2>&1
   tests_rc=$?
 else
-  timeout 240 "$PY" tests/test_cuda_kernels.py selftest --out "$OUT/selftest.json" > "$OUT/tests.log" 2>&1
+  timeout 240 "$PY" tests/plugins/test_cuda_kernels.py selftest --out "$OUT/selftest.json" > "$OUT/tests.log" 2>&1
   tests_rc=$?
 fi
 TESTS_S=$(( $(date +%s) - S0 ))
@@ -112,7 +112,7 @@ tail -n 25 "$OUT/tests.log"
 log "tests rc $tests_rc in ${TESTS_S}s"
 
 # ---- 3. benchmark --------------------------------------------------------------------------------------
-timeout 200 "$PY" tests/test_cuda_kernels.py bench --out "$OUT/gpu_results.json" \
+timeout 200 "$PY" tests/plugins/test_cuda_kernels.py bench --out "$OUT/gpu_results.json" \
   --set "cuda_arch=$ARCH" --set "build_seconds=$BUILD_S" --set "tests_rc=$tests_rc" --set "tests_seconds=$TESTS_S" \
   --set "ort_cuda_ops_built=$ORT" --extra "tests_log=$OUT/tests.log" --extra "nvidia_smi=$OUT/nvidia-smi.txt" \
   > "$OUT/bench.log" 2>&1
