@@ -2,7 +2,7 @@
 
 Accepted layouts: a bare state_dict; ``{'model': sd}`` and ``{'model_ema': sd}`` (the authors'
 training files, pick with ``ema``); ``{'state_dict': sd}``; keys with a DDP ``module.`` prefix
-(or a detector's ``backbone.`` prefix); the legacy VMamba-style names listed in the spec.
+(or a detector's ``backbone.`` prefix); the legacy VMamba-style names listed in docs/model.md, Checkpoints.
 
 Safety: files are read with ``torch.load(weights_only=True)``, which only rebuilds tensors and
 plain containers. The authors' training files also hold a pickled ``yacs`` ``CfgNode`` (their
