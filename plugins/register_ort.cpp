@@ -12,16 +12,14 @@
 // session runs the node on "CUDAExecutionProvider". Registration makes no CUDA call: the library loads
 // and its CPU ops work on machines without a GPU or driver (the CUDA runtime is linked statically and
 // only initialised by the first kernel launch).
+//
+// Each op folder registers its own kernels: <op>/ort_op.h declares add_<op>_ops (CPU, defined in
+// ort_op.cpp) and add_<op>_cuda_ops (CUDA EP, defined in ort_cuda_op.cpp in CUDA builds). A new op adds
+// its include and its two entries to kAddOps below.
 #include "deform_gather/ort_op.h"
 #include "ort_utils.h"
 #include "selective_scan/ort_op.h"
 #include "token_sort/ort_op.h"
-
-#if defined(DEFMAMBA_WITH_CUDA)
-#include "deform_gather/ort_cuda_op.h"
-#include "selective_scan/ort_cuda_op.h"
-#include "token_sort/ort_cuda_op.h"
-#endif
 
 #include <mutex>
 #include <string>
@@ -38,43 +36,27 @@ using namespace defmamba;
 
 constexpr const char* kDomain = "defmamba";
 
-// The op objects and the domain must outlive every session that uses them. They are created once and
-// deliberately never destroyed: destroying the domain at process exit could call into an already
-// finalised onnxruntime.
-struct Registry {
-  ort::SelectiveScanOp<float> scan_f32;
-  ort::SelectiveScanOp<Half> scan_f16;
-  ort::DeformGatherOp<float> gather_f32;
-  ort::DeformGatherOp<Half> gather_f16;
-  ort::TokenSortOp<float> sort_f32;
-  ort::TokenSortOp<Half> sort_f16;
-  ort::TokenSortOp<double> sort_f64;
+// Registration order: every CPU op, then every CUDA-EP op.
+using AddOps = void (*)(Ort::CustomOpDomain&);
+constexpr AddOps kAddOps[] = {
+    ort::add_selective_scan_ops,
+    ort::add_deform_gather_ops,
+    ort::add_token_sort_ops,
 #if defined(DEFMAMBA_WITH_CUDA)
-  ort::SelectiveScanCudaOp<float> cuda_scan_f32;
-  ort::SelectiveScanCudaOp<Half> cuda_scan_f16;
-  ort::DeformGatherCudaOp<float> cuda_gather_f32;
-  ort::DeformGatherCudaOp<Half> cuda_gather_f16;
-  ort::TokenSortCudaOp<float> cuda_sort_f32;
-  ort::TokenSortCudaOp<Half> cuda_sort_f16;
+    ort::add_selective_scan_cuda_ops,
+    ort::add_deform_gather_cuda_ops,
+    ort::add_token_sort_cuda_ops,
 #endif
+};
+
+// The domain (and the op objects, see add_ops) must outlive every session that uses them. It is
+// created once and deliberately never destroyed: destroying the domain at process exit could call
+// into an already finalised onnxruntime.
+struct Registry {
   Ort::CustomOpDomain domain{kDomain};
 
   Registry() {
-    domain.Add(&scan_f32);
-    domain.Add(&scan_f16);
-    domain.Add(&gather_f32);
-    domain.Add(&gather_f16);
-    domain.Add(&sort_f32);
-    domain.Add(&sort_f16);
-    domain.Add(&sort_f64);
-#if defined(DEFMAMBA_WITH_CUDA)
-    domain.Add(&cuda_scan_f32);
-    domain.Add(&cuda_scan_f16);
-    domain.Add(&cuda_gather_f32);
-    domain.Add(&cuda_gather_f16);
-    domain.Add(&cuda_sort_f32);
-    domain.Add(&cuda_sort_f16);
-#endif
+    for (AddOps add : kAddOps) add(domain);
   }
 };
 

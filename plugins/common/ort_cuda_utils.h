@@ -1,5 +1,6 @@
-// Helpers shared by the ONNX Runtime CUDA execution-provider ops (plugins/<op>/ort_cuda_op.{h,cpp}): the
-// op boilerplate for the CUDA EP, the device element type, the compute stream and CUDA error reporting.
+// Helpers shared by the ONNX Runtime CUDA execution-provider ops (plugins/<op>/ort_cuda_op.cpp, registered
+// as Op<Kernel, Ep::kCuda> from ort_utils.h): the device element type, the compute stream and CUDA
+// error reporting.
 // Built only with DEFMAMBA_WITH_CUDA (plugins/cuda.cmake). Not for kernel headers.
 #pragma once
 
@@ -12,14 +13,6 @@
 
 namespace defmamba {
 namespace ort {
-
-// CpuOp (ort_utils.h) registered for "CUDAExecutionProvider": inputs and outputs live in CUDA device
-// memory (OrtMemTypeDefault of the CUDA EP).
-template <typename TOp, typename TKernel>
-struct CudaOp : CpuOp<TOp, TKernel> {
-  using CpuOp<TOp, TKernel>::CpuOp;
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-};
 
 // The kernels' element type for an op's T: float -> float, Half -> __half.
 template <typename T>

@@ -15,6 +15,7 @@
 #include <exception>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -173,16 +174,27 @@ class OrtScratch {
 };
 
 // ---- op boilerplate -------------------------------------------------------------------------------
-// Classic custom-op API with status-returning CreateKernelV2 / ComputeV2. TOp provides kName, the
-// type lists and, optionally, static InferOutputShape. TKernel has a constructor
-// (const OrtApi&, const OrtKernelInfo*) and `void Compute(Ort::KernelContext&)`.
-template <typename TOp, typename TKernel>
-struct CpuOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
-  CpuOp(std::vector<ONNXTensorElementDataType> in, std::vector<ONNXTensorElementDataType> out)
-      : in_types_(std::move(in)), out_types_(std::move(out)) {}
+// The execution provider an op is registered for; kCuda ops get their inputs and outputs in CUDA
+// device memory (OrtMemTypeDefault of the CUDA EP).
+enum class Ep { kCpu, kCuda };
 
-  const char* GetName() const { return TOp::kName; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+// One registered op: the classic custom-op API with status-returning CreateKernelV2 / ComputeV2.
+// Everything op-specific comes from TKernel:
+//   static constexpr const char* kName;                    the op type
+//   static std::vector<ONNXTensorElementDataType> input_types(), output_types();
+//   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext&);
+//   TKernel(const OrtApi&, const OrtKernelInfo*);           reads and checks the attributes
+//   void Compute(Ort::KernelContext&);                      (ComputeV2 from KernelBase)
+// Each <op>/ort_op.h defines the first three once in a struct that the CPU and the CUDA-EP kernels
+// of that op derive from.
+template <typename TKernel, Ep kEp = Ep::kCpu>
+struct Op : Ort::CustomOpBase<Op<TKernel, kEp>, TKernel, /*WithStatus=*/true> {
+  Op() : in_types_(TKernel::input_types()), out_types_(TKernel::output_types()) {}
+
+  const char* GetName() const { return TKernel::kName; }
+  const char* GetExecutionProviderType() const {
+    return kEp == Ep::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+  }
   size_t GetInputTypeCount() const { return in_types_.size(); }
   ONNXTensorElementDataType GetInputType(size_t i) const { return in_types_[i]; }
   size_t GetOutputTypeCount() const { return out_types_.size(); }
@@ -190,15 +202,17 @@ struct CpuOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
 
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     *kernel = nullptr;
-    return guard(TOp::kName, [&] { *kernel = new TKernel(api, info); });
+    return guard(TKernel::kName, [&] { *kernel = new TKernel(api, info); });
   }
+  static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return TKernel::InferOutputShape(ctx); }
 
  private:
   std::vector<ONNXTensorElementDataType> in_types_, out_types_;
 };
 
+// ComputeV2 for a kernel (CRTP): runs Derived::Compute and turns exceptions into an OrtStatus.
 template <typename Derived>
-struct CpuKernel {
+struct KernelBase {
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guard(Derived::kName, [&] {
       Ort::KernelContext ctx(context);
@@ -206,6 +220,16 @@ struct CpuKernel {
     });
   }
 };
+
+// Adds the ops Ops... to the domain: what each folder's add_<op>_ops (ort_op.cpp) and
+// add_<op>_cuda_ops (ort_cuda_op.cpp) do, called once from RegisterCustomOps (register_ort.cpp).
+// The op objects are created on the first call and deliberately never destroyed: they must outlive
+// every session that uses them.
+template <typename... Ops>
+void add_ops(Ort::CustomOpDomain& domain) {
+  static std::tuple<Ops...>* const ops = new std::tuple<Ops...>();
+  std::apply([&](auto&... op) { (domain.Add(&op), ...); }, *ops);
+}
 
 // Shape inference: outputs `outs` get the shape of input `in` when its rank is `rank` (their element
 // types come from ORT's own type inference). Never fails: shape errors are reported at run time.

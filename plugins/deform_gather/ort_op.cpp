@@ -1,4 +1,5 @@
-// DeformGather ORT op: shape/dtype validation, output allocation, CPU kernel call.
+// DeformGather ORT op: shape/dtype validation (shared with the CUDA-EP op), output allocation, CPU
+// kernel call.
 #include "ort_op.h"
 
 #include <limits>
@@ -7,11 +8,6 @@
 
 namespace defmamba {
 namespace ort {
-
-template <typename T>
-DeformGatherOp<T>::DeformGatherOp()
-    : CpuOp<DeformGatherOp<T>, DeformGatherKernel<T>>({ElemType<T>::value, ElemType<T>::value, ElemType<T>::value},
-                                                      {ElemType<T>::value}) {}
 
 DeformGatherArgs read_deform_gather_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type) {
   const char* op = "DeformGather";
@@ -43,21 +39,28 @@ DeformGatherArgs read_deform_gather_args(const Ort::KernelContext& ctx, ONNXTens
   return a;
 }
 
-template <typename T>
-void DeformGatherKernel<T>::Compute(Ort::KernelContext& ctx) {
-  const DeformGatherArgs a = read_deform_gather_args(ctx, ElemType<T>::value);
-  Ort::UnownedValue feat = ctx.GetOutput(0, a.x.shape);
-  if (a.batch == 0 || a.channels == 0) return;
-  const DeformGatherShape s{a.batch, a.channels, a.height, a.width, a.offset_channels, a.table_h, a.table_w};
-  const OrtScratch scratch(ctx);
-  deform_gather_cpu<T>(s, a.x.as<T>(), a.offset.as<T>(), a.table.as<T>(),
-                       static_cast<T*>(feat.GetTensorMutableRawData()), make_parallel(ctx), scratch.get());
-}
+namespace {
 
-template struct DeformGatherKernel<float>;
-template struct DeformGatherKernel<Half>;
-template struct DeformGatherOp<float>;
-template struct DeformGatherOp<Half>;
+template <typename T>
+struct DeformGatherKernel : DeformGatherNode<T>, KernelBase<DeformGatherKernel<T>> {
+  using DeformGatherNode<T>::DeformGatherNode;
+
+  void Compute(Ort::KernelContext& ctx) {
+    const DeformGatherArgs a = read_deform_gather_args(ctx, ElemType<T>::value);
+    Ort::UnownedValue feat = ctx.GetOutput(0, a.x.shape);
+    if (a.batch == 0 || a.channels == 0) return;
+    const DeformGatherShape s{a.batch, a.channels, a.height, a.width, a.offset_channels, a.table_h, a.table_w};
+    const OrtScratch scratch(ctx);
+    deform_gather_cpu<T>(s, a.x.as<T>(), a.offset.as<T>(), a.table.as<T>(),
+                         static_cast<T*>(feat.GetTensorMutableRawData()), make_parallel(ctx), scratch.get());
+  }
+};
+
+}  // namespace
+
+void add_deform_gather_ops(Ort::CustomOpDomain& domain) {
+  add_ops<Op<DeformGatherKernel<float>>, Op<DeformGatherKernel<Half>>>(domain);
+}
 
 }  // namespace ort
 }  // namespace defmamba

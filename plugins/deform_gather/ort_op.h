@@ -1,4 +1,5 @@
-// DeformGather as an ONNX Runtime custom op (domain "defmamba", CPU execution provider).
+// DeformGather as an ONNX Runtime custom op (domain "defmamba"): what the CPU op (ort_op.cpp) and the
+// CUDA-EP op (ort_cuda_op.cpp) share, and the functions that register them (register_ort.cpp).
 #pragma once
 
 #include "ort_utils.h"
@@ -14,23 +15,23 @@ struct DeformGatherArgs {
 };
 DeformGatherArgs read_deform_gather_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type);
 
+// The node as both kernels see it, T = float or Half: inputs x, offset, rpe_table, output feat (all T);
+// no attributes.
 template <typename T>
-struct DeformGatherKernel : CpuKernel<DeformGatherKernel<T>> {
+struct DeformGatherNode {
   static constexpr const char* kName = "DeformGather";
-  DeformGatherKernel(const OrtApi&, const OrtKernelInfo*) {}
-  void Compute(Ort::KernelContext& ctx);
-};
-
-// Inputs: x, offset, rpe_table (all T); output: feat (T). Registered once per T (float, Half).
-template <typename T>
-struct DeformGatherOp : CpuOp<DeformGatherOp<T>, DeformGatherKernel<T>> {
-  static constexpr const char* kName = "DeformGather";
-  DeformGatherOp();
+  static std::vector<ONNXTensorElementDataType> input_types() {
+    return {ElemType<T>::value, ElemType<T>::value, ElemType<T>::value};
+  }
+  static std::vector<ONNXTensorElementDataType> output_types() { return {ElemType<T>::value}; }
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 4, {0}); }
+
+  DeformGatherNode(const OrtApi&, const OrtKernelInfo*) {}
 };
 
-extern template struct DeformGatherOp<float>;
-extern template struct DeformGatherOp<Half>;
+// The ops for the CPU execution provider (float32, float16) and, in CUDA builds, for the CUDA one.
+void add_deform_gather_ops(Ort::CustomOpDomain& domain);
+void add_deform_gather_cuda_ops(Ort::CustomOpDomain& domain);
 
 }  // namespace ort
 }  // namespace defmamba

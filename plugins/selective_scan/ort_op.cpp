@@ -1,17 +1,11 @@
-// SelectiveScan ORT op: attribute and shape/dtype validation, output allocation, CPU kernel call.
+// SelectiveScan ORT op: attribute and shape/dtype validation (shared with the CUDA-EP op), output
+// allocation, CPU kernel call.
 #include "ort_op.h"
 
 #include "cpu_kernel.h"
 
 namespace defmamba {
 namespace ort {
-
-template <typename T>
-SelectiveScanOp<T>::SelectiveScanOp()
-    : CpuOp<SelectiveScanOp<T>, SelectiveScanKernel<T>>(
-          {ElemType<T>::value, ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ElemType<T>::value,
-           ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
-          {ElemType<T>::value}) {}
 
 bool read_delta_softplus(const OrtApi& api, const OrtKernelInfo* info) {
   const char* op = "SelectiveScan";
@@ -75,26 +69,30 @@ SelectiveScanArgs read_selective_scan_args(const Ort::KernelContext& ctx, ONNXTe
   return a;
 }
 
-template <typename T>
-SelectiveScanKernel<T>::SelectiveScanKernel(const OrtApi& api, const OrtKernelInfo* info)
-    : delta_softplus_(read_delta_softplus(api, info)), reverse_(read_reverse(api, info)) {}
+namespace {
 
 template <typename T>
-void SelectiveScanKernel<T>::Compute(Ort::KernelContext& ctx) {
-  const SelectiveScanArgs a = read_selective_scan_args(ctx, ElemType<T>::value);
-  Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
-  if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
-  const SelectiveScanShape s{a.batch, a.channels, a.groups, a.state, a.length, reverse_mask(reverse_, a.groups)};
-  const OrtScratch scratch(ctx);
-  selective_scan_cpu<T>(s, a.u.as<T>(), a.delta.as<T>(), a.A.as<float>(), a.B.as<T>(), a.C.as<T>(), a.D.as<float>(),
-                        a.delta_bias.as<float>(), delta_softplus_, static_cast<T*>(y.GetTensorMutableRawData()),
-                        make_parallel(ctx), scratch.get());
+struct SelectiveScanKernel : SelectiveScanNode<T>, KernelBase<SelectiveScanKernel<T>> {
+  using SelectiveScanNode<T>::SelectiveScanNode;
+
+  void Compute(Ort::KernelContext& ctx) {
+    const SelectiveScanArgs a = read_selective_scan_args(ctx, ElemType<T>::value);
+    Ort::UnownedValue y = ctx.GetOutput(0, a.u.shape);
+    if (a.batch == 0 || a.channels == 0 || a.length == 0) return;
+    const uint64_t reverse = reverse_mask(this->reverse_, a.groups);
+    const SelectiveScanShape s{a.batch, a.channels, a.groups, a.state, a.length, reverse};
+    const OrtScratch scratch(ctx);
+    selective_scan_cpu<T>(s, a.u.as<T>(), a.delta.as<T>(), a.A.as<float>(), a.B.as<T>(), a.C.as<T>(),
+                          a.D.as<float>(), a.delta_bias.as<float>(), this->delta_softplus_,
+                          static_cast<T*>(y.GetTensorMutableRawData()), make_parallel(ctx), scratch.get());
+  }
+};
+
+}  // namespace
+
+void add_selective_scan_ops(Ort::CustomOpDomain& domain) {
+  add_ops<Op<SelectiveScanKernel<float>>, Op<SelectiveScanKernel<Half>>>(domain);
 }
-
-template struct SelectiveScanKernel<float>;
-template struct SelectiveScanKernel<Half>;
-template struct SelectiveScanOp<float>;
-template struct SelectiveScanOp<Half>;
 
 }  // namespace ort
 }  // namespace defmamba

@@ -1,4 +1,5 @@
-// SelectiveScan as an ONNX Runtime custom op (domain "defmamba", CPU execution provider).
+// SelectiveScan as an ONNX Runtime custom op (domain "defmamba"): what the CPU op (ort_op.cpp) and the
+// CUDA-EP op (ort_cuda_op.cpp) share, and the functions that register them (register_ort.cpp).
 #pragma once
 
 #include "ort_utils.h"
@@ -25,28 +26,29 @@ std::vector<int64_t> read_reverse(const OrtApi& api, const OrtKernelInfo* info);
 // throws when a non-empty list does not have exactly G entries.
 uint64_t reverse_mask(const std::vector<int64_t>& reverse, int64_t groups);
 
-// Kernel for I/O type T (float or Half); A, D and delta_bias are always float32.
+// The node as both kernels see it, T = float or Half: inputs u, delta, A, B, C, D, delta_bias (A, D
+// and delta_bias always float32), output y; the attributes, read and checked at session creation.
 template <typename T>
-struct SelectiveScanKernel : CpuKernel<SelectiveScanKernel<T>> {
+struct SelectiveScanNode {
   static constexpr const char* kName = "SelectiveScan";
-  SelectiveScanKernel(const OrtApi& api, const OrtKernelInfo* info);
-  void Compute(Ort::KernelContext& ctx);
-
- private:
-  bool delta_softplus_ = true;
-  std::vector<int64_t> reverse_;
-};
-
-// Inputs: u, delta, A, B, C, D, delta_bias; output: y. Registered once per T.
-template <typename T>
-struct SelectiveScanOp : CpuOp<SelectiveScanOp<T>, SelectiveScanKernel<T>> {
-  static constexpr const char* kName = "SelectiveScan";
-  SelectiveScanOp();
+  static std::vector<ONNXTensorElementDataType> input_types() {
+    return {ElemType<T>::value, ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ElemType<T>::value,
+            ElemType<T>::value, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+  }
+  static std::vector<ONNXTensorElementDataType> output_types() { return {ElemType<T>::value}; }
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 3, {0}); }
+
+  SelectiveScanNode(const OrtApi& api, const OrtKernelInfo* info)
+      : delta_softplus_(read_delta_softplus(api, info)), reverse_(read_reverse(api, info)) {}
+
+ protected:
+  bool delta_softplus_ = true;
+  std::vector<int64_t> reverse_;  // the `reverse` attribute (read_reverse); empty: every group forward
 };
 
-extern template struct SelectiveScanOp<float>;
-extern template struct SelectiveScanOp<Half>;
+// The ops for the CPU execution provider (float32, float16) and, in CUDA builds, for the CUDA one.
+void add_selective_scan_ops(Ort::CustomOpDomain& domain);
+void add_selective_scan_cuda_ops(Ort::CustomOpDomain& domain);
 
 }  // namespace ort
 }  // namespace defmamba

@@ -1,12 +1,11 @@
 // TokenSort CUDA-EP op: validation shared with the CPU op, output allocation, workspace from ONNX
 // Runtime's allocator for the input's device (stream-ordered when ORT provides AllocOnStream), kernel
 // launch on ORT's compute stream. No cudaMalloc, no synchronisation, no host copies.
-#include "ort_cuda_op.h"
-
 #include <string>
 
 #include "ort_cuda_utils.h"
 #include "token_sort/kernel.h"
+#include "token_sort/ort_op.h"
 
 namespace defmamba {
 namespace ort {
@@ -38,55 +37,54 @@ class Workspace {
   void* ptr_ = nullptr;
 };
 
+// Input token_offset and outputs perm, inv_perm (int64) in CUDA device memory.
+template <typename T>
+struct TokenSortCudaKernel : TokenSortNode<T>, KernelBase<TokenSortCudaKernel<T>> {
+  using TokenSortNode<T>::TokenSortNode;
+
+  void Compute(Ort::KernelContext& ctx) {
+    const char* op = this->kName;
+    const TokenSortArgs a = read_token_sort_args(ctx, ElemType<T>::value);
+    if (a.batch * a.length > 2147483647)
+      fail(op, "the CUDA kernel sorts at most 2^31-1 tokens per call (Bt * L), got " + std::to_string(a.batch) +
+                   " x " + std::to_string(a.length));
+    Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
+    Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
+    if (a.batch == 0 || a.length == 0) return;
+
+    size_t bytes = 0;
+    const cudaError_t err = tokenSortWorkspaceSize(a.batch, a.length, &bytes);
+    if (err != cudaSuccess) cuda_fail(op, "workspace size query failed", err);
+    Ort::ConstValue input = ctx.GetInput(0);
+    Ort::ConstMemoryInfo device_info = input.GetTensorMemoryInfo();
+    Ort::Allocator allocator = ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(device_info));
+    OrtSyncStream* sync_stream = nullptr;
+    if (bytes != 0) {
+      try {
+        sync_stream = ctx.GetSyncStream();
+      } catch (const Ort::Exception&) {
+        sync_stream = nullptr;  // plain Alloc below
+      }
+    }
+    Workspace workspace(allocator, bytes, sync_stream);
+    if (bytes != 0 && workspace.get() == nullptr)
+      throw Ort::Exception(std::string(op) + ": could not allocate " + std::to_string(bytes) +
+                               " bytes of device workspace",
+                           ORT_FAIL);
+
+    using D = typename DeviceType<T>::type;
+    check_launch(op, launchTokenSort<D, int64_t>(static_cast<const D*>(a.token_offset.data),
+                                                 perm.GetTensorMutableData<int64_t>(),
+                                                 inv.GetTensorMutableData<int64_t>(), a.batch, a.length,
+                                                 workspace.get(), bytes, compute_stream(ctx)));
+  }
+};
+
 }  // namespace
 
-template <typename T>
-TokenSortCudaOp<T>::TokenSortCudaOp()
-    : CudaOp<TokenSortCudaOp<T>, TokenSortCudaKernel<T>>(
-          {ElemType<T>::value}, {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}) {}
-
-template <typename T>
-void TokenSortCudaKernel<T>::Compute(Ort::KernelContext& ctx) {
-  const char* op = kName;
-  const TokenSortArgs a = read_token_sort_args(ctx, ElemType<T>::value);
-  if (a.batch * a.length > 2147483647)
-    fail(op, "the CUDA kernel sorts at most 2^31-1 tokens per call (Bt * L), got " + std::to_string(a.batch) +
-                 " x " + std::to_string(a.length));
-  Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
-  Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
-  if (a.batch == 0 || a.length == 0) return;
-
-  size_t bytes = 0;
-  const cudaError_t err = tokenSortWorkspaceSize(a.batch, a.length, &bytes);
-  if (err != cudaSuccess) cuda_fail(op, "workspace size query failed", err);
-  Ort::ConstValue input = ctx.GetInput(0);
-  Ort::ConstMemoryInfo device_info = input.GetTensorMemoryInfo();
-  Ort::Allocator allocator = ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(device_info));
-  OrtSyncStream* sync_stream = nullptr;
-  if (bytes != 0) {
-    try {
-      sync_stream = ctx.GetSyncStream();
-    } catch (const Ort::Exception&) {
-      sync_stream = nullptr;  // plain Alloc below
-    }
-  }
-  Workspace workspace(allocator, bytes, sync_stream);
-  if (bytes != 0 && workspace.get() == nullptr)
-    throw Ort::Exception(std::string(op) + ": could not allocate " + std::to_string(bytes) +
-                             " bytes of device workspace",
-                         ORT_FAIL);
-
-  using D = typename DeviceType<T>::type;
-  check_launch(op, launchTokenSort<D, int64_t>(static_cast<const D*>(a.token_offset.data),
-                                               perm.GetTensorMutableData<int64_t>(),
-                                               inv.GetTensorMutableData<int64_t>(), a.batch, a.length,
-                                               workspace.get(), bytes, compute_stream(ctx)));
+void add_token_sort_cuda_ops(Ort::CustomOpDomain& domain) {
+  add_ops<Op<TokenSortCudaKernel<float>, Ep::kCuda>, Op<TokenSortCudaKernel<Half>, Ep::kCuda>>(domain);
 }
-
-template struct TokenSortCudaKernel<float>;
-template struct TokenSortCudaKernel<Half>;
-template struct TokenSortCudaOp<float>;
-template struct TokenSortCudaOp<Half>;
 
 }  // namespace ort
 }  // namespace defmamba

@@ -1,4 +1,5 @@
-// TokenSort ORT op: shape/dtype validation, output allocation, CPU kernel call.
+// TokenSort ORT op: shape/dtype validation (shared with the CUDA-EP op), output allocation, CPU kernel
+// call.
 #include "ort_op.h"
 
 #include <limits>
@@ -7,11 +8,6 @@
 
 namespace defmamba {
 namespace ort {
-
-template <typename T>
-TokenSortOp<T>::TokenSortOp()
-    : CpuOp<TokenSortOp<T>, TokenSortKernel<T>>({ElemType<T>::value},
-                                                {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}) {}
 
 TokenSortArgs read_token_sort_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type) {
   const char* op = "TokenSort";
@@ -26,23 +22,28 @@ TokenSortArgs read_token_sort_args(const Ort::KernelContext& ctx, ONNXTensorElem
   return a;
 }
 
-template <typename T>
-void TokenSortKernel<T>::Compute(Ort::KernelContext& ctx) {
-  const TokenSortArgs a = read_token_sort_args(ctx, ElemType<T>::value);
-  Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
-  Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
-  if (a.batch == 0 || a.length == 0) return;
-  const OrtScratch scratch(ctx);
-  token_sort_cpu<T>(a.batch, a.length, a.token_offset.as<T>(), perm.GetTensorMutableData<int64_t>(),
-                    inv.GetTensorMutableData<int64_t>(), make_parallel(ctx), scratch.get());
-}
+namespace {
 
-template struct TokenSortKernel<float>;
-template struct TokenSortKernel<Half>;
-template struct TokenSortKernel<double>;
-template struct TokenSortOp<float>;
-template struct TokenSortOp<Half>;
-template struct TokenSortOp<double>;
+template <typename T>
+struct TokenSortKernel : TokenSortNode<T>, KernelBase<TokenSortKernel<T>> {
+  using TokenSortNode<T>::TokenSortNode;
+
+  void Compute(Ort::KernelContext& ctx) {
+    const TokenSortArgs a = read_token_sort_args(ctx, ElemType<T>::value);
+    Ort::UnownedValue perm = ctx.GetOutput(0, a.token_offset.shape);
+    Ort::UnownedValue inv = ctx.GetOutput(1, a.token_offset.shape);
+    if (a.batch == 0 || a.length == 0) return;
+    const OrtScratch scratch(ctx);
+    token_sort_cpu<T>(a.batch, a.length, a.token_offset.as<T>(), perm.GetTensorMutableData<int64_t>(),
+                      inv.GetTensorMutableData<int64_t>(), make_parallel(ctx), scratch.get());
+  }
+};
+
+}  // namespace
+
+void add_token_sort_ops(Ort::CustomOpDomain& domain) {
+  add_ops<Op<TokenSortKernel<float>>, Op<TokenSortKernel<Half>>, Op<TokenSortKernel<double>>>(domain);
+}
 
 }  // namespace ort
 }  // namespace defmamba

@@ -1,4 +1,5 @@
-// TokenSort as an ONNX Runtime custom op (domain "defmamba", CPU execution provider).
+// TokenSort as an ONNX Runtime custom op (domain "defmamba"): what the CPU op (ort_op.cpp) and the
+// CUDA-EP op (ort_cuda_op.cpp) share, and the functions that register them (register_ort.cpp).
 #pragma once
 
 #include "ort_utils.h"
@@ -14,24 +15,24 @@ struct TokenSortArgs {
 };
 TokenSortArgs read_token_sort_args(const Ort::KernelContext& ctx, ONNXTensorElementDataType io_type);
 
+// The node as both kernels see it: input token_offset (T), outputs perm, inv_perm (int64); no
+// attributes.
 template <typename T>
-struct TokenSortKernel : CpuKernel<TokenSortKernel<T>> {
+struct TokenSortNode {
   static constexpr const char* kName = "TokenSort";
-  TokenSortKernel(const OrtApi&, const OrtKernelInfo*) {}
-  void Compute(Ort::KernelContext& ctx);
-};
-
-// Input: token_offset (T = float, Half or double); outputs: perm, inv_perm (int64).
-template <typename T>
-struct TokenSortOp : CpuOp<TokenSortOp<T>, TokenSortKernel<T>> {
-  static constexpr const char* kName = "TokenSort";
-  TokenSortOp();
+  static std::vector<ONNXTensorElementDataType> input_types() { return {ElemType<T>::value}; }
+  static std::vector<ONNXTensorElementDataType> output_types() {
+    return {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
+  }
   static OrtStatusPtr InferOutputShape(Ort::ShapeInferContext& ctx) { return infer_copy_shape(ctx, 0, 2, {0, 1}); }
+
+  TokenSortNode(const OrtApi&, const OrtKernelInfo*) {}
 };
 
-extern template struct TokenSortOp<float>;
-extern template struct TokenSortOp<Half>;
-extern template struct TokenSortOp<double>;
+// The ops for the CPU execution provider (float32, float16, float64) and, in CUDA builds, for the
+// CUDA one (float32, float16: float64 stays on the CPU op).
+void add_token_sort_ops(Ort::CustomOpDomain& domain);
+void add_token_sort_cuda_ops(Ort::CustomOpDomain& domain);
 
 }  // namespace ort
 }  // namespace defmamba
