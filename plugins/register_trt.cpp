@@ -18,8 +18,10 @@
 
 #include <NvInferRuntime.h>
 
+#include <array>
 #include <cstdint>
 #include <exception>
+#include <tuple>
 
 #if defined(_WIN32)
 #define DEFMAMBA_TRT_EXPORT __declspec(dllexport)
@@ -31,13 +33,17 @@ namespace {
 
 using namespace defmamba::trt;
 
-// One creator per op, alive for as long as the library is loaded (TensorRT deregisters them before it
-// unloads the library).
+// One creator per op, in the order getCreators lists them; a new op adds its trt_plugin.h above and its
+// creator class here.
+using CreatorTypes = std::tuple<SelectiveScanPluginCreator, DeformGatherPluginCreator, TokenSortPluginCreator>;
+constexpr size_t kNbCreators = std::tuple_size<CreatorTypes>::value;
+
+// The creators, alive for as long as the library is loaded (TensorRT deregisters them before it
+// unloads the library), and the list of them that getCreators hands out.
 struct Creators {
-  SelectiveScanPluginCreator selectiveScan;
-  DeformGatherPluginCreator deformGather;
-  TokenSortPluginCreator tokenSort;
-  nvinfer1::IPluginCreatorInterface* list[3] = {&selectiveScan, &deformGather, &tokenSort};
+  CreatorTypes creators;
+  std::array<nvinfer1::IPluginCreatorInterface*, kNbCreators> list = std::apply(
+      [](auto&... c) { return std::array<nvinfer1::IPluginCreatorInterface*, kNbCreators>{&c...}; }, creators);
 };
 
 }  // namespace
@@ -45,8 +51,8 @@ struct Creators {
 extern "C" DEFMAMBA_TRT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) noexcept {
   try {
     static Creators creators;
-    nbCreators = static_cast<int32_t>(sizeof(creators.list) / sizeof(creators.list[0]));
-    return creators.list;
+    nbCreators = static_cast<int32_t>(creators.list.size());
+    return creators.list.data();
   } catch (std::exception const& e) {
     Log::log(nvinfer1::ILogger::Severity::kERROR, e.what());
   } catch (...) {
