@@ -21,7 +21,8 @@ from .errors import UsageError
 
 def _temp_beside(path: Path, suffix: str = "") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    # a writer that picks the format from the name (matplotlib) must see the ending last
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
