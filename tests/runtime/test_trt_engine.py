@@ -2,8 +2,6 @@
 
 Tests that need TensorRT and a GPU skip with the reason printed.
 """
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,13 +10,22 @@ from typer.testing import CliRunner
 import defmamba_deploy as dd
 from defmamba_deploy.cli import app
 from defmamba_deploy.data import calibration_batches, preprocess
+from defmamba_deploy.files import write_json
+from defmamba_deploy.onnx import OnnxSidecar, read_sidecar
 from defmamba_deploy.onnx.presets import list_presets, load_preset
-from defmamba_deploy.runtime import trt_build as tb
+from defmamba_deploy.runtime.tensorrt import build as tb
+
+
+def _side(dynamic, batch, size):
+    shape = ["batch" if dynamic != "none" else batch, 3, *(("height", "width") if dynamic == "shape" else size)]
+    return OnnxSidecar(variant="tiny", inputs=[{"name": "input", "shape": shape}], outputs=[], dynamic=dynamic,
+                       export_batch=batch, export_input_size=list(size))
+
 
 runner = CliRunner()
-SIDE_BATCH = {"dynamic": "batch", "export_batch": 1, "export_input_size": [224, 224]}
-SIDE_SHAPE = {"dynamic": "shape", "export_batch": 1, "export_input_size": [224, 224]}
-SIDE_NONE = {"dynamic": "none", "export_batch": 2, "export_input_size": [160, 256]}
+SIDE_BATCH = _side("batch", 1, (224, 224))
+SIDE_SHAPE = _side("shape", 1, (224, 224))
+SIDE_NONE = _side("none", 2, (160, 256))
 
 try:
     import tensorrt  # noqa: F401
@@ -98,12 +105,13 @@ def test_calibration_batches(photo_dir):
 
 def test_engine_sidecar_round_trip_and_compat(tmp_path):
     info = tb.EngineInfo(tensorrt_version="10.14.1", gpu_name="NVIDIA H100", compute_capability="9.0", precision="fp16",
-                         profile={"min": [1, 3, 224, 224]}, plugin_library="lib.so", plugin_library_sha256="abc",
-                         onnx_path="m.onnx", onnx_sha256="def", variant="small", fp32_layers=["ln"])
+                         profile={"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]},
+                         plugin_library="lib.so", plugin_library_sha256="abc", onnx_path="m.onnx", onnx_sha256="def",
+                         variant="small", fp32_layers=["ln"])
     engine = tmp_path / "m.plan"
-    tb.write_json_atomic(tb.engine_sidecar_path(engine), info.to_dict())
+    write_json(tb.engine_sidecar_path(engine), info.to_dict())
     side = tb.read_engine_sidecar(engine)
-    assert side["precision"] == "fp16" and side["format"] == "defmamba-deploy/engine-sidecar/1"
+    assert side == info and side.format == "defmamba-deploy/engine-sidecar/1"
     tb.check_engine_compatible(side, "10.14.1", "9.0", "abc")
     with pytest.raises(dd.UsageError, match="built with TensorRT 10.14.1, this is TensorRT 11.0.0.*rebuild"):
         tb.check_engine_compatible(side, "11.0.0", "9.0")
@@ -111,18 +119,27 @@ def test_engine_sidecar_round_trip_and_compat(tmp_path):
         tb.check_engine_compatible(side, "10.14.1", "8.6")
     with pytest.raises(dd.UsageError, match="plugin library differs"):
         tb.check_engine_compatible(side, "10.14.1", "9.0", "zzz")
+    # what the engine can stand in for
+    assert side.problem(variant="small", precision="fp16", img_sizes=[(224, 224)], batches=[1, 32]) is None
+    assert "DefMamba-small, not DefMamba-tiny" in side.problem(variant="tiny")
+    assert "fp16 engine, not int8" in side.problem(precision="int8")
+    assert "batch 64 is outside" in side.problem(batches=[64])
+    assert "input size 256x256 is outside" in side.problem(img_sizes=[(256, 256)])
+    # unreadable sidecars: one line each
     tb.engine_sidecar_path(engine).write_text("{broken")
     with pytest.raises(dd.UsageError, match="not valid JSON"):
         tb.read_engine_sidecar(engine)
+    write_json(tb.engine_sidecar_path(engine), {**info.to_dict(), "format": "other/1"})
+    with pytest.raises(dd.UsageError, match="has format 'other/1'"):
+        tb.read_engine_sidecar(engine)
+    write_json(tb.engine_sidecar_path(engine), {k: v for k, v in info.to_dict().items() if k != "profile"})
+    with pytest.raises(dd.UsageError, match="lacks profile"):
+        tb.read_engine_sidecar(engine)
+    write_json(tb.engine_sidecar_path(engine), {**info.to_dict(), "profile": {"min": [1, 224]}})
+    with pytest.raises(dd.UsageError, match="not min/opt/max shapes"):
+        tb.read_engine_sidecar(engine)
     with pytest.raises(dd.UsageError, match="missing"):
         tb.read_engine_sidecar(tmp_path / "other.plan")
-
-
-def test_float32_rules():
-    assert tb.fp32_rule("/layers.0/blocks/blocks.0/op/conv_offset/conv2/Conv") is not None
-    assert tb.fp32_rule("/layers.0/blocks/blocks.0/norm/LayerNormalization") is not None
-    assert tb.fp32_rule("/layers.0/blocks/blocks.0/op/TokenSort") is not None
-    assert tb.fp32_rule("/layers.0/blocks/blocks.0/mlp/fc1/MatMul") is None
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here: the not-installed path cannot be shown")
@@ -157,8 +174,9 @@ def test_engine_build_and_parity_on_gpu(tmp_path):
     from defmamba_deploy.parity import run_parity
 
     onnx_path = export_onnx("t", img_size=(64, 64), output=tmp_path / "t.onnx").path
-    side = json.loads((tmp_path / "t.onnx.json").read_text())
     engine = tmp_path / "t.plan"
-    tb.build_engine(onnx_path, engine, profile=tb.compute_profile(side, max_shape="4x64x64", opt_shape="2x64x64"))
+    tb.build_engine(onnx_path, engine, profile=tb.compute_profile(read_sidecar(onnx_path), max_shape="4x64x64",
+                                                                  opt_shape="2x64x64"))
+    assert tb.read_engine_sidecar(engine).variant == "tiny"
     report = run_parity("t", backends=["torch", "trt"], engine=engine, img_size=(64, 64), samples=2, batches=(1, 2))
     assert report.passed

@@ -27,7 +27,7 @@ import pytest
 
 from defmamba_deploy.libs import find_library
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("DEFMAMBA_BUILD_DIR", ROOT / "build"))
 BUILD_HINT = ("bash scripts/fetch_trt_headers.sh && cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && "
               "cmake --build build -j2 (needs the CUDA toolkit: the plugins link the CUDA kernels)")
@@ -113,10 +113,10 @@ def trt_env(trt_lib):
     except Exception as e:  # noqa: BLE001 - not installed, or installed without its libraries
         pytest.skip(f"TensorRT's Python package is not usable here ({type(e).__name__}); GPU-only test")
     from defmamba_deploy.errors import MissingDependencyError
-    from defmamba_deploy.runtime.trt import _cudart
+    from defmamba_deploy.runtime.tensorrt.env import cudart as load_cudart
 
     try:
-        cudart = _cudart()
+        cudart = load_cudart()
     except MissingDependencyError as e:
         pytest.skip(f"{e}; GPU-only test")
     err, count = cudart.cudaGetDeviceCount()
@@ -148,7 +148,8 @@ class _CaptureLogger:
 def _run_single_op(trt, cudart, op: str, arrays: dict[str, np.ndarray], **attrs):
     """Parse a one-node model (as exported: no plugin_* attributes), build for exactly these shapes, run."""
     from defmamba_deploy.onnx.single_op import single_op_model
-    from defmamba_deploy.runtime.trt import DeviceBuffer, _check
+    from defmamba_deploy.runtime.tensorrt.env import DeviceBuffer
+    from defmamba_deploy.runtime.tensorrt.env import cuda_check as _check
 
     model = single_op_model(op, arrays, dynamic=True, **attrs)
     assert not any(a.name.startswith("plugin_") for a in model.graph.node[0].attribute)
