@@ -116,12 +116,9 @@ def info() -> None:
         except ImportError:
             version = "not installed (pip install " + mod + ")"
         table.add_row(mod, version)
-    try:
-        import tensorrt  # type: ignore
+    from .runtime.tensorrt.env import tensorrt_version
 
-        table.add_row("tensorrt", tensorrt.__version__)
-    except Exception:  # noqa: BLE001 - any failure means it is not usable
-        table.add_row("tensorrt", escape("not installed (pip install 'defmamba-deploy[tensorrt]' on a machine with an NVIDIA GPU)"))
+    table.add_row("tensorrt", tensorrt_version() or escape("not installed (pip install 'defmamba-deploy[tensorrt]' on a machine with an NVIDIA GPU)"))
     for kind, where in library_status().items():
         table.add_row(f"{kind} plugin library", where)
     console.print(table)
@@ -443,6 +440,7 @@ def build_engine_cmd(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file (read if present, then updated)."),
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="libdefmamba_trt_plugins.so (found automatically after the build)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Engine file (default defmamba_<m>_<precision>.plan); a .plan.json sidecar is written next to it."),
+    strongly_typed: Optional[bool] = typer.Option(None, "--strongly-typed/--no-strongly-typed", help="Precision written into the ONNX (FP16 rewrite / Q/DQ) and a strongly typed network; default: TensorRT 11 yes (its only kind), 10 no (builder flags + float32 layer constraints)."),
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT verbose log."),
 ) -> None:
     """Build a TensorRT engine (FP32/FP16/INT8, dynamic shapes, timing cache) with our plugins.
@@ -453,34 +451,18 @@ def build_engine_cmd(
       [bold]defmamba-deploy build-engine t.onnx --min-shape 1x224x224 --opt-shape 8x224x224 --max-shape 32x224x224[/]
     """
     from .errors import UsageError
-    from .runtime.trt_build import build_engine, compute_profile, require_tensorrt
+    from .runtime.tensorrt.build import build_engine_for_cli
 
-    require_tensorrt()  # fail fast, before any other work, when TensorRT is missing
     if fp16 and int8:
         raise UsageError("choose one of --fp16 and --int8 (INT8 engines keep FP16 for the layers that are not quantised)")
-    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    import tempfile
-
-    from .data import calibration_batches
-    from .model import short_name
-    from .onnx import export_onnx, read_sidecar
-    from .onnx.presets import load_preset
-
-    with tempfile.TemporaryDirectory(prefix="defmamba_engine_") as tmp:
-        if onnx_file is None:
-            onnx_file = export_onnx(model, weights, output=Path(tmp) / "model.onnx").path
-        side = read_sidecar(onnx_file) or {}
-        prof = compute_profile(side, preset=load_preset(preset) if preset else None,
-                               min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape)
-        out = output or Path(f"defmamba_{short_name(side.get('variant', model))}_{precision}.plan")
-        calib = None
-        cache = out.with_suffix(".calib.cache") if precision == "int8" else None
-        if precision == "int8" and calib_images is not None:
-            calib = calibration_batches(calib_images, prof.opt[2:], calib_batch, calib_samples)
-        info = build_engine(onnx_file, out, precision=precision, profile=prof, workspace_gib=workspace,
-                            timing_cache=timing_cache, plugins=plugins, calibration=calib, calibration_cache=cache,
-                            verbose=verbose, progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
-    console.print(f"wrote [bold]{out}[/] ({info.precision}, TensorRT {info.tensorrt_version}, {info.gpu_name} sm_{info.compute_capability})")
+    out, info = build_engine_for_cli(
+        onnx_file, model=model, weights=weights, precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        calib_images=calib_images, calib_samples=calib_samples, calib_batch=calib_batch, preset=preset,
+        min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, workspace_gib=workspace, timing_cache=timing_cache,
+        plugins=plugins, output=output, strongly_typed=strongly_typed, verbose=verbose,
+        progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False))
+    console.print(f"wrote [bold]{out}[/] ({info.precision}{', strongly typed' if info.strongly_typed else ''}, "
+                  f"TensorRT {info.tensorrt_version}, {info.gpu_name} sm_{info.compute_capability})")
     if info.fp32_layers:
         console.print(f"kept float32 ({len(info.fp32_layers)}): " + ", ".join(info.fp32_layers[:12])
                       + (" ..." if len(info.fp32_layers) > 12 else ""), highlight=False)
