@@ -1,5 +1,9 @@
 """Reduced precision expressed in the ONNX graph: FP16 conversion and explicit INT8 (Q/DQ).
 
+The public names of the precision modules, and why they do what they do (measurements included):
+:mod:`.fp32_policy` (the float32 policy, :func:`float32_nodes`), :mod:`.fp16` (:func:`convert_fp16`),
+:mod:`.qdq` (the Q/DQ plan, insertion and range cache), :mod:`.graph` (onnx-ir plumbing).
+
 Why in the graph
 ----------------
 TensorRT 11 removed the ``FP16``/``INT8`` builder flags: every network is *strongly typed*, so a
@@ -54,6 +58,11 @@ float16 and can show somewhat larger errors.
 
 :func:`quantize_int8_qdq`: where Q/DQ go
 ----------------------------------------
+(The graph side is :mod:`.qdq`, written by ONNX Runtime's ``quantize_static``; calibration runs
+the model in ONNX Runtime and so sits one layer up, in :mod:`defmamba_deploy.runtime.calibration`,
+whose ``quantize_int8`` is the entry point that calibrates. Here, ranges come from ``ranges`` or
+a matching cache.)
+
 Symmetric INT8 (zero point 0) on both data inputs of every Conv, MatMul and Gemm, except those the
 same keep-float rules exclude (the offset network feeding the offsets and the sort key, the
 classifier head; the delta path when asked). Activations get one per-tensor Q/DQ pair per tensor
@@ -68,569 +77,61 @@ one scale per output row shared by the three branches); Gemm weight B: axis 0 wi
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import warnings
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
 from .fp16 import FP16_MAX, Fp16Report, convert_fp16
 from .fp32_policy import (DEFAULT_POLICY, R_DEFORM, R_DELTA, R_HEAD, R_LAYER_NORM, R_OFFSET, R_REDUCTION,
                           R_SCAN_PARAMS, R_TOKEN_SORT, R_USER, Fp32Policy, float32_nodes)
-from .fp32_policy import keep_float as _keep_float_ir
-from .graph import name_nodes, prepare
-from .schemas import DOMAIN, register_schemas
-
-FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
-FP16_MAX = float(np.finfo(np.float16).max)
-QMAX = 127  # symmetric int8: [-127, 127] with zero point 0 (TensorRT's convention)
-MIN_QDQ_OPSET = 13
-CACHE_FORMAT = "defmamba-deploy/int8-calibration/1"
-
-# (domain, op_type, input index) -> why that input is float32 whatever the node's precision
-_FIXED_FP32_INPUTS = {
-    (DOMAIN, "SelectiveScan", 2): "SelectiveScan A is float32 by schema",
-    (DOMAIN, "SelectiveScan", 5): "SelectiveScan D is float32 by schema",
-    (DOMAIN, "SelectiveScan", 6): "SelectiveScan delta_bias is float32 by schema",
-    (DOMAIN, "TokenSort", 0): "TokenSort input: the sort key must be float32",
-    ("", "Resize", 2): "Resize scales are float32 by schema",
-}
-# (op_type, output index) -> fixed output type (LayerNormalization's Mean/InvStdDev use stash_type)
-_FIXED_FP32_OUTPUTS = {("LayerNormalization", 1), ("LayerNormalization", 2)}
-_SHAPE_ONLY_OPS = {"Shape", "Size"}  # read any type, output int64: never need a Cast
-_REDUCTION_OPS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
-                  "ReduceLogSumExp", "ReduceProd", "Softmax", "LogSoftmax", "GlobalAveragePool", "CumSum"}
-_HEAD_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast"}
-_CONTROL_FLOW = {"If", "Loop", "Scan"}
-_QUANT_OPS = {"Conv", "MatMul", "Gemm"}
-
-@dataclass
-class Int8Report:
-    """What :func:`quantize_int8_qdq` did."""
-
-    quantized_nodes: list[tuple[str, str]] = field(default_factory=list)  # (node name, op_type)
-    skipped_nodes: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op_type, reason)
-    activation_amax: dict[str, float] = field(default_factory=dict)  # tensor -> calibrated amax
-    weight_axes: dict[str, int | None] = field(default_factory=dict)  # weight -> per-channel axis (None: per tensor)
-    qdq_pairs: int = 0  # activation QuantizeLinear/DequantizeLinear pairs
-    weight_dequantizers: int = 0  # DequantizeLinear nodes on int8 weights
-    calibration: str = "max"
-    percentile: float | None = None
-    calibration_batches: int = 0  # batches run (0 when the cache was used)
-    cache_path: str | None = None
-    cache_status: str = "none"  # none | hit | written | rewritten (stale or unreadable cache replaced)
-
-    def summary(self) -> str:
-        how = self.calibration + (f" {self.percentile}" if self.percentile is not None else "")
-        return (f"int8: {len(self.quantized_nodes)} Conv/MatMul/Gemm quantised, {len(self.skipped_nodes)} kept float, "
-                f"{self.qdq_pairs} activation Q/DQ pairs, {self.weight_dequantizers} int8 weights; calibration {how} "
-                f"over {self.calibration_batches} batches, cache {self.cache_status}")
-
-
-# --------------------------------------------------------------------------------------------------
-# graph helpers
-
-
-def _copy_model(model) -> onnx.ModelProto:
-    if not isinstance(model, onnx.ModelProto):
-        raise UsageError(f"expected an onnx.ModelProto, got {type(model).__name__} (load it with defmamba_deploy.onnx.load_onnx)")
-    if not model.graph.node:
-        raise UsageError("the model has no graph nodes")
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for n in out.graph.node:
-        if n.op_type in _CONTROL_FLOW and n.domain in ("", "ai.onnx"):
-            raise UsageError(f"node {n.name or n.op_type} is control flow ({n.op_type}): not supported; "
-                             f"convert the custom-op export (not --portable)")
-    for meta in out.metadata_props:
-        if meta.key == "defmamba.portable" and meta.value == "True":
-            raise UsageError("this is a portable export (TokenSort/DeformGather expanded into standard ops, so the "
-                             "keep-float32 rules cannot find them): convert the custom-op export instead")
-    return out
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return o.version
-    return 0
-
-
-def _hoist_float_constants(model: onnx.ModelProto) -> None:
-    """Turn float Constant nodes into initializers, so weights and constants are handled alike."""
-    keep = []
-    for n in model.graph.node:
-        t = None
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1:
-            a = n.attribute[0]
-            if a.name == "value" and a.t.data_type == FLOAT:
-                t = onnx.TensorProto()
-                t.CopyFrom(a.t)
-            elif a.name == "value_float":
-                t = numpy_helper.from_array(np.array(a.f, np.float32))
-            elif a.name == "value_floats":
-                t = numpy_helper.from_array(np.array(list(a.floats), np.float32))
-        if t is None:
-            keep.append(n)
-            continue
-        t.name = n.output[0]
-        model.graph.initializer.append(t)
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-
-
-def _fold_initializer_aliases(model: onnx.ModelProto) -> None:
-    """Remove ``Identity(initializer)`` nodes (the exporter's shared weights): consumers read the initializer."""
-    g = model.graph
-    inits = {i.name for i in g.initializer}
-    outputs = {o.name for o in g.output}
-    alias = {}
-    keep = []
-    for n in g.node:
-        if n.op_type == "Identity" and n.domain in ("", "ai.onnx") and n.input[0] in inits and n.output[0] not in outputs:
-            alias[n.output[0]] = n.input[0]
-        else:
-            keep.append(n)
-    if not alias:
-        return
-    for n in keep:
-        for i, t in enumerate(n.input):
-            if t in alias:
-                n.input[i] = alias[t]
-    del g.node[:]
-    g.node.extend(keep)
-    vi = [v for v in g.value_info if v.name not in alias]
-    del g.value_info[:]
-    g.value_info.extend(vi)
-
-
-def _infer_types(model: onnx.ModelProto) -> dict[str, int]:
-    register_schemas()
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as e:  # noqa: BLE001 - onnx raises several types
-        raise UsageError(f"ONNX shape inference failed on the model ({str(e).strip().splitlines()[0][:200]})") from None
-    g = inferred.graph
-    types = {i.name: i.data_type for i in g.initializer}
-    for v in list(g.input) + list(g.output) + list(g.value_info):
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
-            types[v.name] = v.type.tensor_type.elem_type
-    missing = [o for n in g.node for o in n.output if o and o not in types]
-    if missing:
-        raise UsageError(f"could not infer the type of {len(missing)} tensors (first: {missing[0]}); "
-                         f"is this a DefMamba export with all custom-op schemas registered?")
-    return types
-
-
-class _Graph:
-    """Index of a graph: producers, consumers, initializers, element types."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.model = model
-        self.nodes = list(g.node)
-        self.inits = {i.name: i for i in g.initializer}
-        self.inputs = [i.name for i in g.input if i.name not in self.inits]
-        self.outputs = [o.name for o in g.output]
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for k, n in enumerate(self.nodes):
-            for o in n.output:
-                if o:
-                    self.producer[o] = k
-            for i, t in enumerate(n.input):
-                if t:
-                    self.consumers[t].append((k, i))
-        self.types = _infer_types(model)
-
-    def node(self, k: int) -> onnx.NodeProto:
-        return self.nodes[k]
-
-    def is_custom(self, k: int) -> bool:
-        return self.nodes[k].domain == DOMAIN
-
-    def of_type(self, op_type: str, domain: str = "") -> list[int]:
-        return [k for k, n in enumerate(self.nodes) if n.op_type == op_type and (n.domain or "") == domain]
-
-    def ancestors(self, tensors: Iterable[str]) -> set[int]:
-        """Nodes upstream of ``tensors``; the walk enters no ``defmamba`` node's inputs."""
-        out: set[int] = set()
-        stack, seen = list(tensors), set()
-        while stack:
-            t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            k = self.producer.get(t)
-            if k is None or k in out:
-                continue
-            out.add(k)
-            if not self.is_custom(k):
-                stack.extend(x for x in self.nodes[k].input if x)
-        return out
-
-    def descendants(self, tensors: Iterable[str]) -> set[int]:
-        """Nodes downstream of ``tensors``; the walk does not continue past ``defmamba`` nodes."""
-        out: set[int] = set()
-        stack, seen = list(tensors), set()
-        while stack:
-            t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            for k, _ in self.consumers.get(t, ()):
-                if k in out:
-                    continue
-                out.add(k)
-                if not self.is_custom(k):
-                    stack.extend(x for x in self.nodes[k].output if x)
-        return out
-
-    def carries_float(self, k: int) -> bool:
-        n = self.nodes[k]
-        return any(self.types.get(t) == FLOAT for t in list(n.input) + list(n.output) if t)
-
-    def is_constant(self, t: str) -> bool:
-        return t in self.inits
-
-
-def _check(model: onnx.ModelProto, what: str) -> None:
-    register_schemas()
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # noqa: BLE001 - a bug here, but say where
-        raise RuntimeError(f"{what} produced a model that fails the ONNX checker: {str(e).strip()[:500]}") from e
-
-
-# --------------------------------------------------------------------------------------------------
-# INT8: calibration
-
-
-def _graph_hashes(model: onnx.ModelProto) -> tuple[str, str]:
-    """(hash of the graph's structure: op types and tensor names, hash of the initializer values)."""
-    g = model.graph
-    struct = {
-        "inputs": [i.name for i in g.input], "outputs": [o.name for o in g.output],
-        "nodes": [[n.domain, n.op_type, list(n.input), list(n.output)] for n in g.node],
-    }
-    s = hashlib.sha256(json.dumps(struct, sort_keys=True).encode()).hexdigest()
-    h = hashlib.sha256()
-    for i in sorted(g.initializer, key=lambda t: t.name):
-        h.update(i.name.encode())
-        h.update(i.SerializeToString())
-    return s, h.hexdigest()
-
-
-def _read_cache(path: Path, hashes: tuple[str, str], method: str, percentile: float | None, needed: list[str]) -> tuple[dict | None, str]:
-    """(amax or None, why not)."""
-    if not path.is_file():
-        return None, "missing"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None, "unreadable"
-    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-        return None, "unknown format"
-    if [data.get("graph_sha256"), data.get("weights_sha256")] != list(hashes):
-        return None, "made for another model"
-    if data.get("calibration") != method or (method == "percentile" and data.get("percentile") != percentile):
-        return None, "made with another calibration method"
-    amax = data.get("amax")
-    if not isinstance(amax, dict) or any(not isinstance(amax.get(t), (int, float)) for t in needed):
-        return None, "lacks some tensors"
-    return {t: float(amax[t]) for t in needed}, "hit"
-
-
-def _write_cache(path: Path, hashes: tuple[str, str], method: str, percentile: float | None, amax: dict, batches: int) -> None:
-    from .export import atomic_write_bytes
-
-    data = {"format": CACHE_FORMAT, "graph_sha256": hashes[0], "weights_sha256": hashes[1], "calibration": method,
-            "percentile": percentile if method == "percentile" else None, "batches": batches, "amax": amax}
-    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
-
-
-class _AbsHistogram:
-    """Histogram of |x| over [0, hi] whose range grows (re-binning the old counts) as larger values come."""
-
-    def __init__(self, bins: int = 4096) -> None:
-        self.bins, self.hi, self.counts, self.max = bins, 0.0, np.zeros(bins, np.float64), 0.0
-
-    def update(self, a: np.ndarray) -> None:
-        a = np.abs(a.astype(np.float32, copy=False).ravel())
-        a = a[np.isfinite(a)]
-        if a.size == 0:
-            return
-        m = float(a.max())
-        self.max = max(self.max, m)
-        if m > self.hi:
-            new_hi = m if self.hi == 0 else max(m, 2 * self.hi)
-            if self.counts.any():
-                centres = (np.arange(self.bins) + 0.5) * (self.hi / self.bins)
-                self.counts = np.histogram(centres, self.bins, (0.0, new_hi), weights=self.counts)[0]
-            self.hi = new_hi
-        if self.hi > 0:
-            self.counts += np.histogram(a, self.bins, (0.0, self.hi))[0]
-
-    def percentile(self, p: float) -> float:
-        total = self.counts.sum()
-        if total == 0 or self.hi == 0:
-            return 0.0
-        idx = int(np.searchsorted(np.cumsum(self.counts), total * p / 100.0))
-        return min(self.max, (idx + 1) * self.hi / self.bins)
-
-
-def _check_batch(i: int, x, name: str, dims: list) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception:  # noqa: BLE001
-            raise UsageError(f"calibration batch {i} is a {type(x).__name__}, not an array") from None
-    if not np.issubdtype(x.dtype, np.floating):
-        raise UsageError(f"calibration batch {i} has dtype {x.dtype}; give float32 images (preprocessed like the model input)")
-    want = [d if isinstance(d, int) and d > 0 else None for d in dims]
-    if x.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, x.shape)):
-        shown = "[" + ", ".join("?" if w is None else str(w) for w in want) + "]"
-        raise UsageError(f"calibration batch {i} has shape {list(x.shape)}; model input '{name}' expects {shown} "
-                         f"(? = any size)")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _calibrate(model: onnx.ModelProto, tensors: list[str], batches: Iterable, *, method: str, percentile: float,
-               library=None) -> tuple[dict[str, float], int]:
-    """Run the float model in ONNX Runtime (with the defmamba custom-op library) and return
-    ``({tensor: amax}, batches run)``: the running max of |x|, or the ``percentile`` of |x| from
-    histograms accumulated over all batches."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        from ..errors import MissingDependencyError
-
-        raise MissingDependencyError("calibration needs onnxruntime: pip install 'onnxruntime>=1.29'") from None
-    from ..libs import find_library
-    from .check import custom_ops_used
-
-    g = model.graph
-    inits = {i.name for i in g.initializer}
-    graph_inputs = [i for i in g.input if i.name not in inits]
-    if len(graph_inputs) != 1:
-        raise UsageError(f"calibration supports models with one input, this one has {len(graph_inputs)}")
-    inp = graph_inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    present = {o.name for o in aug.graph.output}
-    fetch = [t for t in tensors if t != inp.name]
-    for t in fetch:
-        if t not in present:
-            aug.graph.output.append(helper.make_tensor_value_info(t, FLOAT, None))
-    so = ort.SessionOptions()
-    if custom_ops_used(model):
-        so.register_custom_ops_library(str(find_library("ort", library)))
-    sess = ort.InferenceSession(aug.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-
-    stats: dict[str, float | _AbsHistogram] = {t: (_AbsHistogram() if method == "percentile" else 0.0) for t in tensors}
-    n = 0
-    for i, x in enumerate(batches):
-        x = _check_batch(i, x, inp.name, dims)
-        outs = dict(zip(fetch, sess.run(fetch, {inp.name: x}))) if fetch else {}
-        outs[inp.name] = x
-        for t in tensors:
-            v = outs[t]
-            if method == "percentile":
-                stats[t].update(v)
-            else:
-                finite = np.abs(v[np.isfinite(v)])
-                stats[t] = max(stats[t], float(finite.max()) if finite.size else 0.0)
-        n += 1
-    if n == 0:
-        raise UsageError("calibration_batches is empty: give at least one batch of preprocessed images "
-                         "(e.g. 8 to 64 images from the target data), or a cache file made for this model")
-    amax = {t: (s.percentile(percentile) if method == "percentile" else s) for t, s in stats.items()}
-    return amax, n
-
-
-# --------------------------------------------------------------------------------------------------
-# INT8: Q/DQ insertion
-
-
-def _weight_axis(node: onnx.NodeProto, index: int, rank: int) -> int | None:
-    """The output-channel axis of a weight input (None: no per-channel axis, use one scale)."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv":
-        return 0 if index == 1 else None
-    if rank < 2:
-        return None
-    if node.op_type == "MatMul":
-        return rank - 1 if index == 1 else rank - 2
-    if node.op_type == "Gemm":
-        if index == 1:
-            return 0 if attrs.get("transB", 0) else 1
-        return 1 if attrs.get("transA", 0) else 0
-    return None
-
-
-def _quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weights and float32 scales (one per channel along ``axis``, or one)."""
-    w = w.astype(np.float32)
-    if axis is None:
-        amax = np.array(np.abs(w).max() if w.size else 0.0, np.float32)
-        scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
-        q = np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8)
-        return q, scale
-    red = tuple(a for a in range(w.ndim) if a != axis)
-    amax = np.abs(w).max(axis=red) if w.size else np.zeros(w.shape[axis], np.float32)
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
-    return q, scale
+from .graph import name_nodes
+from .qdq import (CACHE_FORMAT, MIN_QDQ_OPSET, QMAX, Int8Report, check_method, graph_hashes, insert_qdq, plan_int8,
+                  read_cache)
 
 
 def quantize_int8_qdq(
     model: onnx.ModelProto,
-    calibration_batches: Iterable[np.ndarray],
+    calibration_batches=None,
     *,
     per_channel: bool = True,
     calibration: str = "max",
     percentile: float = 99.99,
     library: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
-    keep_float: Fp32Policy = DEFAULT_POLICY,  # noqa: F811 - the keyword predates the function
+    keep_float: Fp32Policy = DEFAULT_POLICY,
+    ranges: dict[str, float] | None = None,
 ) -> tuple[onnx.ModelProto, Int8Report]:
-    """An explicitly quantised (Q/DQ, symmetric INT8) copy of the float32 ``model``.
-
-    ``calibration_batches``: preprocessed float32 input batches (shape of the model input); consumed
-    only when calibration runs. ``calibration``: ``"max"`` (running max of |x|) or ``"percentile"``
-    (``percentile`` of |x|, from histograms over all batches). ``library``: the ORT custom-op library
-    (found automatically by default). ``cache``: JSON file of tensor -> amax; used when it matches the
-    model (graph structure and weights hashes, calibration method), else (re)written atomically.
-    ``keep_float``: the regions that stay unquantised (see the module docstring).
-    """
-    if calibration not in ("max", "percentile"):
-        raise UsageError(f"calibration must be 'max' or 'percentile', got {calibration!r}")
-    if calibration == "percentile" and not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
-        raise UsageError(f"percentile must be in (0, 100], got {percentile!r}")
-    if not isinstance(keep_float, Fp32Policy):
-        raise UsageError(f"keep_float must be an Fp32Policy, got {type(keep_float).__name__}")
-    policy = keep_float
-    m = _copy_model(model)
-    if _opset(m) < MIN_QDQ_OPSET:
-        raise UsageError(f"per-channel Q/DQ needs opset >= {MIN_QDQ_OPSET}, the model has opset {_opset(m)}: re-export with --opset 17")
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node):
-        raise UsageError("the model already has Q/DQ nodes: quantise the float32 export")
-    m = prepare(m)
-    g = _Graph(m)
-    if any(t == HALF for t in g.types.values()):
-        raise UsageError("the model has float16 tensors: quantise the float32 export (opset-13 Q/DQ scales are float32)")
-    from .graph import Graph as _IrGraph
-    by_name = {n.name: r for n, r in _keep_float_ir(_IrGraph(m), policy).items()}
-    keep = {k: by_name[n.name] for k, n in enumerate(g.nodes) if n.name in by_name}
-    report = Int8Report(calibration=calibration, percentile=float(percentile) if calibration == "percentile" else None)
-
-    # plan: which node inputs get Q/DQ, and which are weights (initializers) vs activations
-    plan: list[tuple[int, int, str]] = []  # (node, input index, "weight"|"activation")
-    for k, n in enumerate(g.nodes):
-        if n.op_type not in _QUANT_OPS or n.domain not in ("", "ai.onnx"):
-            continue
-        if k in keep:
-            report.skipped_nodes.append((n.name, n.op_type, keep[k]))
-            continue
-        ins = [(i, t) for i, t in enumerate(n.input[:2]) if t]
-        if any(g.types.get(t) != FLOAT for _, t in ins):
-            report.skipped_nodes.append((n.name, n.op_type, "inputs are not float32"))
-            continue
-        for i, t in ins:
-            plan.append((k, i, "weight" if t in g.inits else "activation"))
-        report.quantized_nodes.append((n.name, n.op_type))
-    activations = list(dict.fromkeys(g.node(k).input[i] for k, i, kind in plan if kind == "activation"))
-
-    # calibration ranges: cache or a run of the float model
+    """The Q/DQ copy of ``model`` from known ranges: ``ranges`` ({activation: amax}) or a ``cache``
+    that matches the model and method. Calibrating from ``calibration_batches`` runs ONNX Runtime,
+    which this layer does not: that is ``defmamba_deploy.runtime.calibration.quantize_int8`` (same
+    arguments, ``cache_path=``/``policy=``), or its ``quantize_int8_qdq`` under these names."""
+    del library  # accepted for the calibrating entry point's signature; no session runs here
+    pct = check_method(calibration, percentile)
+    plan = plan_int8(model, keep_float, per_channel=per_channel)
+    report = Int8Report(calibration=calibration, percentile=pct)
     amax = None
-    hashes = _graph_hashes(m)
-    pct = report.percentile
-    if cache is not None:
-        cache = Path(cache)
+    if ranges is not None:
+        missing = [t for t in plan.activations if t not in ranges]
+        if missing:
+            raise UsageError(f"ranges lacks {len(missing)} activations (first: {missing[0]})")
+        amax = ranges
+    elif cache is not None:
         report.cache_path = str(cache)
-        amax, why = _read_cache(cache, hashes, calibration, pct, activations)
+        amax, why = read_cache(Path(cache), graph_hashes(plan.model), calibration, pct, plan.activations)
         if amax is not None:
             report.cache_status = "hit"
         elif why != "missing":
-            warnings.warn(f"calibration cache {cache} not used ({why}); recalibrating and rewriting it", stacklevel=2)
+            warnings.warn(f"calibration cache {cache} not used ({why})", stacklevel=2)
     if amax is None:
-        if calibration_batches is None:
-            raise UsageError("calibration_batches is None: give batches of preprocessed images")
-        amax, report.calibration_batches = _calibrate(m, activations, calibration_batches, method=calibration,
-                                                      percentile=float(percentile), library=library)
-        if cache is not None:
-            _write_cache(cache, hashes, calibration, pct, amax, report.calibration_batches)
-            report.cache_status = "written" if why == "missing" else "rewritten"
-    bad = [t for t in activations if not math.isfinite(amax[t])]
-    if bad:
-        raise UsageError(f"calibration gave a non-finite range for {bad[0]} (the float model overflows on the data?)")
-    report.activation_amax = {t: amax[t] for t in activations}
-
-    # insertion
-    names = _Names(m)
-    new_inits: list[onnx.TensorProto] = []
-    before: dict[int, list[onnx.NodeProto]] = defaultdict(list)  # node index -> nodes to insert before it
-    act_dq: dict[str, str] = {}
-    w_dq: dict[tuple[str, int | None], str] = {}
-    for k, i, kind in plan:
-        node = g.node(k)
-        t = node.input[i]
-        if kind == "activation":
-            if t not in act_dq:
-                scale = numpy_helper.from_array(np.array(amax[t] / QMAX if amax[t] > 0 else 1.0, np.float32), names.new(f"{t}_scale"))
-                zp = numpy_helper.from_array(np.array(0, np.int8), names.new(f"{t}_zero_point"))
-                q, dq = names.new(f"{t}_quantized"), names.new(f"{t}_dequantized")
-                before[k] += [
-                    helper.make_node("QuantizeLinear", [t, scale.name, zp.name], [q], name=names.new(f"{t}/QuantizeLinear")),
-                    helper.make_node("DequantizeLinear", [q, scale.name, zp.name], [dq], name=names.new(f"{t}/DequantizeLinear")),
-                ]
-                new_inits += [scale, zp]
-                act_dq[t] = dq
-                report.qdq_pairs += 1
-            node.input[i] = act_dq[t]
-        else:
-            w = numpy_helper.to_array(g.inits[t])
-            axis = _weight_axis(node, i, w.ndim) if per_channel else None
-            key = (t, axis)
-            if key not in w_dq:
-                qw, scale = _quantize_weight(w, axis)
-                qi = numpy_helper.from_array(qw, names.new(f"{t}_quantized"))
-                si = numpy_helper.from_array(scale, names.new(f"{t}_scale"))
-                zi = numpy_helper.from_array(np.zeros(scale.shape, np.int8), names.new(f"{t}_zero_point"))
-                dq = names.new(f"{t}_dequantized")
-                attrs = {"axis": axis} if axis is not None else {}
-                before[k].append(helper.make_node("DequantizeLinear", [qi.name, si.name, zi.name], [dq],
-                                                  name=names.new(f"{t}/DequantizeLinear"), **attrs))
-                new_inits += [qi, si, zi]
-                w_dq[key] = dq
-                report.weight_axes[t] = axis
-                report.weight_dequantizers += 1
-            node.input[i] = w_dq[key]
-    nodes_out = []
-    for k, n in enumerate(g.nodes):
-        nodes_out += before.get(k, [])
-        nodes_out.append(n)
-    used = {t for n in nodes_out for t in n.input if t}
-    inits = [i for i in m.graph.initializer if i.name in used] + new_inits
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes_out)
-    _check(m, "quantize_int8_qdq")
-    return m, report
+        raise UsageError("no ranges for the Q/DQ rewrite: calibrate with defmamba_deploy.runtime.calibration.quantize_int8"
+                         "(model, batches, cache_path=...) (it runs ONNX Runtime with the custom ops), or pass "
+                         "ranges= or a cache made for this model")
+    return insert_qdq(plan, amax, report)
 
 
-__all__ = ["convert_fp16", "quantize_int8_qdq", "float32_nodes", "name_nodes", "Fp32Policy", "DEFAULT_POLICY", "Fp16Report",
-           "Int8Report"]
+__all__ = ["convert_fp16", "quantize_int8_qdq", "float32_nodes", "name_nodes", "Fp32Policy", "DEFAULT_POLICY",
+           "Fp16Report", "Int8Report", "CACHE_FORMAT", "QMAX", "MIN_QDQ_OPSET", "FP16_MAX", "R_SCAN_PARAMS",
+           "R_TOKEN_SORT", "R_OFFSET", "R_DELTA", "R_LAYER_NORM", "R_REDUCTION", "R_HEAD", "R_DEFORM", "R_USER"]
