@@ -1,5 +1,5 @@
 // C test ABI of the CUDA kernels: libdefmamba_cuda_kernels.so (built when CUDA is enabled; not part of
-// the Python package). tests/test_cuda_kernels.py loads it with ctypes and passes raw device pointers
+// the Python package). tests/plugins/test_cuda_kernels.py loads it with ctypes and passes raw device pointers
 // (torch.cuda tensors' data_ptr()), sizes, dtype codes and a stream (torch's cuda_stream handle, 0 =
 // legacy default stream). Every function returns a cudaError_t value (0 = success) and never
 // synchronises; dm_cuda_error_string turns a code into text.

@@ -1,6 +1,6 @@
 // CPU kernels against straightforward float64 implementations (no ONNX Runtime). ctest runs it once
 // per SIMD variant of the scan (DEFMAMBA_CPU_ISA=build|avx2|avx512; a variant the CPU lacks falls back
-// to the next narrower one). The thorough, contract-level tests are tests/test_ort_ops.py.
+// to the next narrower one). The thorough, contract-level tests are tests/plugins/test_ort_ops.py.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

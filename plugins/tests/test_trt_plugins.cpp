@@ -1114,7 +1114,7 @@ int main(int argc, char** argv) {
   testTokenSort(sort);
 
   section("GPU");
-  std::printf("   SKIP: kernel launches through enqueue need a CUDA device (tests/test_trt_plugins.py runs them "
+  std::printf("   SKIP: kernel launches through enqueue need a CUDA device (tests/runtime/test_trt_plugins.py runs them "
               "with TensorRT when one is available)\n");
 
   setLoggerFinder(nullptr);

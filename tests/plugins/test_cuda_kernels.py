@@ -1,15 +1,15 @@
 """CUDA kernels of the defmamba ops against the PyTorch reference, on a GPU.
 
 The kernels are reached through their C test ABI, ``libdefmamba_cuda_kernels.so``
-(``plugins/cuda_test_abi.cu``, built when CMake finds nvcc), loaded with ctypes: every call takes raw
+(``plugins/tests/cuda_test_abi.cu``, built when CMake finds nvcc), loaded with ctypes: every call takes raw
 device pointers of ``torch.cuda`` tensors, sizes, dtype codes and torch's current stream. The
 references are ``defmamba_deploy.ops`` evaluated in float64 on the same GPU (TokenSort: its exact
 stable order). Everything skips, with the reason, without a CUDA device or without the library.
 
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j
-    python -m pytest -m gpu tests/test_cuda_kernels.py
-    python tests/test_cuda_kernels.py bench --out results.json   # timings (see benchmark())
-    python tests/test_cuda_kernels.py selftest                   # the tests without pytest
+    python -m pytest -m gpu tests/plugins/test_cuda_kernels.py
+    python tests/plugins/test_cuda_kernels.py bench --out results.json   # timings (see benchmark())
+    python tests/plugins/test_cuda_kernels.py selftest                   # the tests without pytest
 
 The library is looked up in $DEFMAMBA_CUDA_KERNELS_LIB, then build*/plugins/. The ORT CUDA-EP test
 also needs onnxruntime-gpu and a CUDA build of libdefmamba_ort_ops.so ($DEFMAMBA_ORT_LIB, else
@@ -40,7 +40,7 @@ from defmamba_deploy.ops.token_sort import token_sort as ref_token_sort  # noqa:
 
 try:
     import pytest
-except ImportError:  # the GPU check box may lack pytest: `python tests/test_cuda_kernels.py selftest`
+except ImportError:  # the GPU check box may lack pytest: `python tests/plugins/test_cuda_kernels.py selftest`
     pytest = None
 
 
@@ -212,7 +212,7 @@ def scan_reference(inp, softplus=True, reverse=None):
 
 
 def assert_scan_close(y, ref, out_rel=0.0):
-    # Same bound as tests/test_ort_ops.py (float32 recurrence vs float64: ~1e-7 of the output scale
+    # Same bound as tests/plugins/test_ort_ops.py (float32 recurrence vs float64: ~1e-7 of the output scale
     # observed; 1e-4 leaves margin for L = 65536, while an indexing/carry bug gives O(1) errors), plus
     # the rounding of a float16 output.
     y = y.double()
@@ -312,7 +312,7 @@ def gather_inputs(bt, ch, h, w, k=3, th=7, tw=7, dtype=F32, off_scale=2.0, seed=
 
 
 def assert_gather_close(feat, ref, x, out_rel=0.0):
-    # tests/test_ort_ops.py's bound: float32 sample positions are off by ~size * 2^-24 px, so values
+    # tests/plugins/test_ort_ops.py's bound: float32 sample positions are off by ~size * 2^-24 px, so values
     # differ from float64 by up to (pixel-to-pixel slope of x) * size * 2^-23 (floor 1e-5).
     xd = x.double()
     slope = max(xd.diff(dim=-1).abs().max().item(), xd.diff(dim=-2).abs().max().item())
@@ -420,7 +420,7 @@ def test_token_sort(case):
 
 @parametrize("L", [5, 257, 16385, 65537])
 def test_token_sort_exact_ties(L):
-    # as in tests/test_ort_ops.py: L - 1 a power of two makes (l + 0.5)/(L - 1)*2 - 1 exact in float32
+    # as in tests/plugins/test_ort_ops.py: L - 1 a power of two makes (l + 0.5)/(L - 1)*2 - 1 exact in float32
     # and offsets 0 / +-20 make tanh exactly 0 / +-1, so many keys are exactly equal: the stable order
     # (index order among equal keys) is the only right answer, and it is known exactly.
     lib()
