@@ -6,9 +6,9 @@ exporter's ``Identity(initializer)`` aliases folded, every node named uniquely, 
 element type inferred. The analysis walks (producers, uses, upstream and downstream regions) use
 onnx-ir's ``Value.producer()``/``Value.uses()`` instead of a hand-built index.
 
-What stays on ``onnx.ModelProto``: type inference (onnx-ir's shape-inference pass discards
-failures, and a missing custom-op schema must surface as one clear error), the checker, and the
-FP16/Q/DQ rewrites, which build a new node list in one ordered pass (see :mod:`.fp16`).
+What stays on ``onnx.ModelProto``: type inference (called directly so that a failure, such as a
+missing custom-op schema, becomes one clear error naming the first untyped tensor), the checker,
+and the FP16 rewrite, which builds a new node list in one ordered pass (see :mod:`.fp16`).
 """
 from __future__ import annotations
 
