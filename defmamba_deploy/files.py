@@ -92,6 +92,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def require_file(path: str | os.PathLike, what: str, missing_fix: str, empty_fix: str,
+                 error: type[Exception] = UsageError) -> Path:
+    """``path`` as a Path when it is a non-empty file; else ``error`` with one line that says which."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {p} does not exist ({missing_fix})")
+    if p.stat().st_size == 0:
+        raise error(f"{what} {p} is empty{empty_fix}")
+    return p
+
+
 def read_json(path: str | os.PathLike, what: str = "file", fix: str = "write it again") -> dict:
     """A JSON object from ``path``, or a one-line UsageError naming the file and ``fix``."""
     p = Path(path)

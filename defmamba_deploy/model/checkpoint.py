@@ -18,7 +18,6 @@ identify another variant, names it.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -32,8 +31,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..files import require_file, sha256_file
 
-__all__ = ["load_checkpoint", "read_state_dict", "LoadReport", "guess_variant", "file_sha256"]
+__all__ = ["load_checkpoint", "read_state_dict", "LoadReport", "guess_variant"]
 
 _CONTAINER_KEYS = ("model", "state_dict")
 _STRIP_PREFIXES = ("module.", "backbone.", "model.")
@@ -105,14 +105,6 @@ class LoadReport:
         return "".join(parts)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _torch_load(path: Path, unsafe_pickle: bool) -> object:
     if unsafe_pickle:
         warnings.warn(f"--unsafe-pickle: {path} is unpickled with full Python object loading; only do this for files you trust", stacklevel=3)
@@ -128,11 +120,8 @@ def _torch_load(path: Path, unsafe_pickle: bool) -> object:
 
 def read_state_dict(path: str | os.PathLike, *, ema: bool = False, unsafe_pickle: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Read a checkpoint file and return ``(state_dict, source)`` without touching a model."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (check the --weights path)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): re-download or re-copy it")
+    path = require_file(path, "checkpoint", "check the --weights path", " (0 bytes): re-download or re-copy it",
+                        CheckpointError)
     try:
         obj = _torch_load(path, unsafe_pickle)
     except pickle.UnpicklingError as e:
@@ -224,7 +213,7 @@ def load_checkpoint(
     """
     raw, source = read_state_dict(path, ema=ema, unsafe_pickle=unsafe_pickle)
     sd, renamed = _normalise_keys(raw)
-    report = LoadReport(path=str(path), source=source, renamed=renamed, sha256=file_sha256(path), unsafe=unsafe_pickle)
+    report = LoadReport(path=str(path), source=source, renamed=renamed, sha256=sha256_file(path), unsafe=unsafe_pickle)
     own = model.state_dict()
     is_backbone = any(k.startswith("outnorm") for k in own)
     if is_backbone:

@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import onnx
 
 from ..errors import UsageError
+from ..files import require_file
 from .schemas import DOMAIN
 
 
 def load_onnx(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX file with a one-line error for missing, truncated or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"ONNX file {path} does not exist (export one with: defmamba-deploy export)")
-    if path.stat().st_size == 0:
-        raise UsageError(f"ONNX file {path} is empty: re-export it")
+    path = require_file(path, "ONNX file", "export one with: defmamba-deploy export", ": re-export it")
     try:
         model = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for bad bytes

@@ -53,12 +53,12 @@ def test_nothing_baked_in(tiny_onnx):
 
 def test_sidecar(tiny_onnx):
     side = read_sidecar(tiny_onnx.path)
-    assert side == json.loads(tiny_onnx.sidecar_path.read_text())
-    assert side["variant"] == "tiny" and side["opset"] == 17 and side["dynamic"] == "shape"
-    assert side["custom_ops"] == ["DeformGather", "SelectiveScan", "TokenSort"]
-    assert side["weights"] == {"random_init_seed": 0} and side["toolkit_version"] == dd.__version__
-    assert side["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
-    assert side["dynamic_axes"]["input"] == {"0": "batch", "2": "height", "3": "width"}
+    assert side.to_dict() == json.loads(tiny_onnx.sidecar_path.read_text())
+    assert side.variant == "tiny" and side.opset == 17 and side.dynamic == "shape"
+    assert side.custom_ops == ["DeformGather", "SelectiveScan", "TokenSort"]
+    assert side.weights == {"random_init_seed": 0} and side.toolkit_version == dd.__version__
+    assert side.inputs[0]["shape"] == ["batch", 3, "height", "width"]
+    assert side.dynamic_axes["input"] == {"0": "batch", "2": "height", "3": "width"}
 
 
 def test_weights_hash_in_sidecar(tmp_path):
@@ -67,9 +67,9 @@ def test_weights_hash_in_sidecar(tmp_path):
     w = tmp_path / "t.pth"
     torch.save(dd.create_model("t").state_dict(), w)
     res = export_onnx("t", w, img_size=(64, 64), output=tmp_path / "t.onnx")
-    from defmamba_deploy.model.checkpoint import file_sha256
+    from defmamba_deploy.files import sha256_file
 
-    assert res.sidecar["weights"]["sha256"] == file_sha256(w)
+    assert res.sidecar.weights["sha256"] == sha256_file(w)
 
 
 @pytest.mark.parametrize("kwargs,match", [

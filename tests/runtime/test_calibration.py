@@ -14,47 +14,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import defmamba_deploy as dd
-from defmamba_deploy.onnx import export_onnx, register_schemas
+from defmamba_deploy.onnx import register_schemas
 from defmamba_deploy.onnx import precision, qdq
 from defmamba_deploy.onnx.precision import Fp32Policy, convert_fp16
-from defmamba_deploy.runtime import calibration, create_session, find_library
+from defmamba_deploy.runtime import calibration, create_session
 from defmamba_deploy.runtime.calibration import quantize_int8, quantize_int8_qdq
 
 INT8_MIN_COSINE = 0.998
 
 
 @pytest.fixture(scope="module")
-def lib():
-    path = find_library("ort", required=False)
-    if path is None:
-        pytest.skip("libdefmamba_ort_ops.so is not built (bash scripts/build_plugins.sh)")
-    return path
-
-
-@pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("int8")
-
-
-@pytest.fixture(scope="module")
-def fp32(work):
-    res = export_onnx("t", img_size=(64, 64), dynamic="batch", output=work / "t.onnx")
-    return res.path, onnx.load(str(res.path))
-
-
-@pytest.fixture(scope="module")
-def x():
-    return np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def ref(lib, fp32, x):
-    return create_session(fp32[0], threads=2).run(None, {"input": x})[0]
-
-
-@pytest.fixture(scope="module")
-def fp16(fp32):
-    return convert_fp16(fp32[1])
 
 
 @pytest.fixture(scope="module")

@@ -279,7 +279,7 @@ def test_dynamic_shape_and_backbone_exports_run(lib, tmp_path):
             ref = m(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(runner(x), ref, atol=1e-4, rtol=1e-3)
     res = export_onnx("t", img_size=(64, 96), dynamic="shape", backbone=True, output=tmp_path / "bb.onnx")
-    assert [o["shape"][1] for o in res.sidecar["outputs"]] == [48, 96, 192, 384]
+    assert [o["shape"][1] for o in res.sidecar.outputs] == [48, 96, 192, 384]
     outs = OrtRunner(res.path).run(np.random.default_rng(2).standard_normal((2, 3, 96, 64)).astype(np.float32))
     with torch.inference_mode():
         refs = dd.create_model("t", seed=0, backbone=True)(torch.from_numpy(
@@ -299,7 +299,7 @@ def test_dynamic_shape_models_check_the_input_size_in_graph(lib, tmp_path):
 
     custom = export_onnx("t", img_size=(64, 64), dynamic="shape", output=tmp_path / "d.onnx")
     portable = export_onnx("t", img_size=(64, 64), dynamic="shape", portable=True, output=tmp_path / "dp.onnx")
-    assert custom.sidecar["input_check_in_graph"] and portable.sidecar["input_check_in_graph"]
+    assert custom.sidecar.input_check_in_graph and portable.sidecar.input_check_in_graph
     ok = np.random.default_rng(3).standard_normal((2, 3, 33, 40)).astype(np.float32)
     for res in (custom, portable):
         sess = create_session(res.path)
@@ -317,4 +317,4 @@ def test_dynamic_shape_models_check_the_input_size_in_graph(lib, tmp_path):
     np.testing.assert_array_equal(plain.run(None, {"input": ok})[0], guarded.run(None, {"input": ok})[0])
     # static sizes need no check (every runtime checks the declared shape)
     static = export_onnx("t", img_size=(64, 64), dynamic="batch", output=tmp_path / "s.onnx")
-    assert not static.sidecar["input_check_in_graph"] and not has_input_guard(onnx.load(str(static.path)))
+    assert not static.sidecar.input_check_in_graph and not has_input_guard(onnx.load(str(static.path)))

@@ -327,7 +327,9 @@ def build_engine(
                 fp32_layers = [str(n) for n, _, _ in report.kept_fp32]
             else:
                 ranges = Path(calibration_cache).with_suffix(".ranges.json") if calibration_cache else None
-                model, report = prec.quantize_int8_qdq(model, calibration or [], cache=ranges, keep_float=policy)
+                from ..calibration import quantize_int8_qdq  # calibrates in ORT with our op library
+
+                model, report = quantize_int8_qdq(model, calibration or [], cache=ranges, keep_float=policy)
                 fp32_layers = [str(n) for n, _, _ in report.skipped_nodes]
             parse_path = Path(tmp) / f"model_{precision}.onnx"
             say(f"TensorRT {trt.__version__}: {precision} expressed in the ONNX ({len(fp32_layers)} nodes kept float)")
