@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import defmamba_deploy as dd
+from shared_inputs import decomposed_layer_norm
 from defmamba_deploy.onnx import register_schemas
 from defmamba_deploy.onnx.precision import Fp32Policy, convert_fp16, float32_nodes
 from defmamba_deploy.runtime import create_session
@@ -134,17 +135,10 @@ def test_fp16_keeps_decomposed_layernorm_float32():
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a, n) for n, a in [
-        ("axes", np.array([-1], np.int64)), ("two", np.array(2.0, np.float32)), ("eps", np.array(1e-5, np.float32)),
+    ln_inits, ln_nodes = decomposed_layer_norm()
+    inits = [numpy_helper.from_array(a, n) for n, a in ln_inits + [
         ("gamma", rng.standard_normal(16).astype(np.float32)), ("W", rng.standard_normal((16, 8)).astype(np.float32))]]
-    nodes = [
-        helper.make_node("ReduceMean", ["X", "axes"], ["mean"], name="mean"),
-        helper.make_node("Sub", ["X", "mean"], ["d"], name="sub"),
-        helper.make_node("Pow", ["d", "two"], ["sq"], name="pow"),
-        helper.make_node("ReduceMean", ["sq", "axes"], ["var"], name="var"),
-        helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
-        helper.make_node("Sqrt", ["ve"], ["std"], name="sqrt"),
-        helper.make_node("Div", ["d", "std"], ["n"], name="div"),
+    nodes = ln_nodes + [
         helper.make_node("Mul", ["n", "gamma"], ["g"], name="scale"),
         helper.make_node("MatMul", ["g", "W"], ["p"], name="proj"),
         helper.make_node("Relu", ["p"], ["Y"], name="relu"),  # so that proj is not the (float32) head

@@ -6,6 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import defmamba_deploy as dd
+from shared_inputs import decomposed_layer_norm
 from defmamba_deploy.onnx import export_onnx
 from defmamba_deploy.onnx import fp32_policy as fp
 from defmamba_deploy.onnx.precision import DEFAULT_POLICY, Fp32Policy, convert_fp16, float32_nodes, name_nodes
@@ -21,17 +22,10 @@ def _model(nodes, inits, x_shape=(2, 16), y_shape=(2, 8), opset=18):
 def _ln_softmax_head():
     """Decomposed LayerNorm -> projection -> Relu -> (unnamed) Softmax -> head MatMul -> bias Add."""
     rng = np.random.default_rng(0)
-    inits = [("axes", np.array([-1], np.int64)), ("two", np.array(2.0, np.float32)), ("eps", np.array(1e-5, np.float32)),
-             ("W", rng.standard_normal((16, 8)).astype(np.float32)),
-             ("H", rng.standard_normal((8, 8)).astype(np.float32)), ("b", np.zeros(8, np.float32))]
-    nodes = [
-        helper.make_node("ReduceMean", ["X", "axes"], ["mean"], name="mean"),
-        helper.make_node("Sub", ["X", "mean"], ["d"], name="sub"),
-        helper.make_node("Pow", ["d", "two"], ["sq"], name="pow"),
-        helper.make_node("ReduceMean", ["sq", "axes"], ["var"], name="var"),
-        helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
-        helper.make_node("Sqrt", ["ve"], ["std"], name="sqrt"),
-        helper.make_node("Div", ["d", "std"], ["n"], name="div"),
+    ln_inits, ln_nodes = decomposed_layer_norm()
+    inits = ln_inits + [("W", rng.standard_normal((16, 8)).astype(np.float32)),
+                        ("H", rng.standard_normal((8, 8)).astype(np.float32)), ("b", np.zeros(8, np.float32))]
+    nodes = ln_nodes + [
         helper.make_node("MatMul", ["n", "W"], ["p"], name="proj"),
         helper.make_node("Relu", ["p"], ["r"], name="relu"),
         helper.make_node("Softmax", ["r"], ["s"]),  # unnamed

@@ -5,6 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 import defmamba_deploy as dd
+from shared_inputs import BAD_BATCHES
 from defmamba_deploy.bench import run_bench
 from defmamba_deploy.cli import app
 from defmamba_deploy.parity import run_parity
@@ -95,14 +96,7 @@ def test_precision_not_offered_is_a_skip():
     assert bench.results == [] and "not offered by the ort-portable backend" in bench.skipped[0]["reason"]
 
 
-@pytest.mark.parametrize("x,match", [
-    (np.zeros((3, 40, 40), np.float32), "rank 4"),
-    (np.zeros((1, 3, 40, 40), np.float64), "float32"),
-    (np.zeros((1, 4, 40, 40), np.float32), "3 channels"),
-    (np.zeros((0, 3, 40, 40), np.float32), "batch size 0"),
-    (np.zeros((1, 3, 32, 40), np.float32), ">= 33"),
-    ([[1.0]], "numpy array"),
-])
+@pytest.mark.parametrize("x,match", BAD_BATCHES)
 def test_every_runner_checks_input_the_same_way(x, match):
     with pytest.raises(dd.UsageError, match=match):
         check_image_batch(x)

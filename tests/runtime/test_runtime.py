@@ -9,6 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import defmamba_deploy as dd
+from shared_inputs import BAD_BATCHES
 from defmamba_deploy.cli import _join_size_args, app
 from defmamba_deploy.onnx import export_onnx
 from defmamba_deploy.parity import run_parity
@@ -48,14 +49,7 @@ def test_portable_runs_without_library(exported):
     assert out.shape == (2, 1000)
 
 
-@pytest.mark.parametrize("x,match", [
-    (np.zeros((3, 64, 64), np.float32), "rank 4"),
-    (np.zeros((1, 3, 64, 64), np.float64), "float32"),
-    (np.zeros((1, 1, 64, 64), np.float32), "3 channels"),
-    (np.zeros((1, 3, 32, 64), np.float32), ">= 33"),
-    (np.zeros((0, 3, 64, 64), np.float32), "batch size 0"),
-    ([[1.0]], "numpy array"),
-])
+@pytest.mark.parametrize("x,match", BAD_BATCHES)
 def test_bad_inputs(lib, exported, x, match):
     runner = OrtRunner(exported["custom"])
     with pytest.raises(dd.UsageError, match=match):
