@@ -20,7 +20,7 @@ from ..errors import MissingDependencyError, UsageError
 from ..libs import find_library
 from ..onnx import custom_ops_used, load_onnx, read_sidecar
 from ..onnx.export import default_output, export_onnx
-from .base import Runner, check_image_batch
+from .base import Runner
 from .registry import Backend, BackendRequest, Unavailable, register_backend
 
 
@@ -109,9 +109,6 @@ class OrtRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.session = None
-
-    def check_input(self, x) -> np.ndarray:
-        return check_image_batch(x, self.input_shape)
 
     def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.output_names, {self.input_name: x})
