@@ -140,23 +140,15 @@ class Graph:
 
     def ancestors(self, values: Iterable[ir.Value | None]) -> set[ir.Node]:
         """Nodes upstream of ``values``; the walk enters no ``defmamba`` node's inputs."""
-        out: set[ir.Node] = set()
-        stack, seen = [v for v in values if v is not None], set()
-        while stack:
-            v = stack.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            node = v.producer()
-            if node is None or node in out:
-                continue
-            out.add(node)
-            if not self.is_custom(node):
-                stack.extend(x for x in node.inputs if x is not None)
-        return out
+        return self._walk(values, lambda v: [v.producer()], lambda n: n.inputs)
 
     def descendants(self, values: Iterable[ir.Value | None]) -> set[ir.Node]:
         """Nodes downstream of ``values``; the walk does not continue past ``defmamba`` nodes."""
+        return self._walk(values, lambda v: [u.node for u in v.uses()], lambda n: n.outputs)
+
+    def _walk(self, values, neighbours, onward) -> set[ir.Node]:
+        """The nodes reached from ``values`` through ``neighbours(value)``, continuing along
+        ``onward(node)`` except past a custom node."""
         out: set[ir.Node] = set()
         stack, seen = [v for v in values if v is not None], set()
         while stack:
@@ -164,12 +156,12 @@ class Graph:
             if v in seen:
                 continue
             seen.add(v)
-            for use in v.uses():
-                if use.node in out:
+            for node in neighbours(v):
+                if node is None or node in out:
                     continue
-                out.add(use.node)
-                if not self.is_custom(use.node):
-                    stack.extend(use.node.outputs)
+                out.add(node)
+                if not self.is_custom(node):
+                    stack.extend(x for x in onward(node) if x is not None)
         return out
 
     @staticmethod
