@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checks
 from .errors import MissingDependencyError, UsageError
 from .files import atomic_write_with
 from .runtime.registry import PRECISIONS
@@ -154,6 +154,8 @@ def time_callable(fn: Callable[[], object], *, warmup: int, iters: int | None, s
         fn()
     sync()
     times: list[float] = []
+    if iters is None and seconds is None:
+        raise UsageError("time_callable needs iters or seconds")  # else it would never stop
     deadline = time.perf_counter() + seconds if seconds is not None else None
     while True:
         t0 = time.perf_counter()
@@ -169,25 +171,34 @@ def time_callable(fn: Callable[[], object], *, warmup: int, iters: int | None, s
 
 # --- backends come from the registry ------------------------------------------------------------
 
-def validate_args(backends, batches, sizes, precisions, warmup, iters, seconds) -> None:
+MAX_SECONDS = 3600.0  # per combination: a budget beyond an hour is a typo, not a benchmark
+MAX_ITERS = 1_000_000
+
+
+def check_timing(warmup, iters, seconds) -> None:
+    """The timing arguments of ``bench`` and ``bench --ops``: finite and bounded, so a run always ends."""
+    checks.count(warmup, "--warmup", low=0, high=MAX_ITERS)
+    checks.optional_count(iters, "--iters", high=MAX_ITERS)
+    if seconds is not None:
+        checks.number(seconds, "--seconds", low=0, low_open=True, high=MAX_SECONDS)
+
+
+def validate_args(backends, batches, sizes, precisions, warmup, iters, seconds, threads=None) -> None:
     from .model import MIN_INPUT_SIZE
     from .runtime.registry import check_backend_names
 
     check_backend_names(backends)
-    bad = [p for p in precisions if p not in PRECISIONS]
+    bad = [p for p in checks.names(precisions, "--precision") if p not in PRECISIONS]
     if bad:
         raise UsageError(f"unknown precision(s) {bad}: choose from {', '.join(PRECISIONS)}")
-    if not batches or any(b < 1 for b in batches):
-        raise UsageError(f"batch sizes must be >= 1, got {list(batches)}")
+    checks.int_list(batches, "--batch")
+    if not sizes:
+        raise UsageError("--img-size is empty: give at least one size, e.g. 224")
     for h, w in sizes:
         if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
             raise UsageError(f"image size {h}x{w} is below the model minimum of {MIN_INPUT_SIZE} px")
-    if warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {warmup}")
-    if iters is not None and iters < 1:
-        raise UsageError(f"--iters must be >= 1, got {iters}")
-    if seconds is not None and seconds <= 0:
-        raise UsageError(f"--seconds must be > 0, got {seconds}")
+    checks.optional_count(threads, "--threads")
+    check_timing(warmup, iters, seconds)
 
 
 def run_bench(
@@ -216,7 +227,7 @@ def run_bench(
     name = resolve_name(model)
     if iters is None and seconds is None:
         seconds = 5.0
-    validate_args(backends, batches, sizes, precisions, warmup, iters, seconds)
+    validate_args(backends, batches, sizes, precisions, warmup, iters, seconds, threads)
     chosen = check_backend_names(backends)
     files = dict(onnx_files or {})
     if engine is not None:

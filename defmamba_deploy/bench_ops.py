@@ -13,8 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .bench import time_callable
-from .errors import MissingDependencyError
+from . import checks
+from .bench import check_timing, time_callable
+from .errors import MissingDependencyError, UsageError
 from .runtime.registry import Unavailable
 
 
@@ -134,6 +135,18 @@ def run_op_bench(model: str = "s", img_sizes: Sequence[int] = (224, 512), impls:
     from .model import resolve_name
 
     name = resolve_name(model)
+    # the same checks as the model bench: a NaN budget would never end, an empty list would time nothing
+    check_timing(warmup, iters, seconds)
+    checks.optional_count(threads, "--threads")
+    checks.count(batch, "--batch")
+    from .model import MIN_INPUT_SIZE
+
+    img_sizes = checks.int_list(img_sizes, "--img-size", low=MIN_INPUT_SIZE)
+    bad = [v for v in checks.names(impls, "impls") + checks.names(ops, "ops") if v not in OP_IMPLS + OPS]
+    if bad:
+        raise UsageError(f"unknown op or implementation(s) {bad}: choose from {', '.join(OPS + OP_IMPLS)}")
+    if iters is None and seconds is None:
+        seconds = 1.0
     if threads:
         import torch
 

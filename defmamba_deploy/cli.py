@@ -11,11 +11,38 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from . import __version__
+from . import __version__, checks
 from .errors import DefMambaError
 
+class _OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown option, bad value, missing argument) as one ``error:`` line with
+    exit code 2, like the toolkit's own errors, instead of Click's usage block or Typer's panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.exceptions.TyperException as e:  # Typer's own Click: UsageError, BadParameter, ...
+            ctx = getattr(e, "ctx", None)
+            if type(e).__name__ == "NoArgsIsHelpError":  # no_args_is_help: the help is the answer
+                print(ctx.get_help())
+                sys.exit(0)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {escape(e.format_message())}{escape(hint)}", highlight=False,
+                              soft_wrap=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        except typer.Abort:
+            err_console.print("[bold red]error:[/] aborted", highlight=False)
+            sys.exit(130)
+        # non-standalone Click returns the exit code of a typer.Exit, or the command's return value
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="defmamba-deploy",
     help="DefMamba from PyTorch to ONNX, ONNX Runtime and TensorRT.",
     no_args_is_help=True,
@@ -40,6 +67,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that the writers' clean-up runs for it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def handle_errors(fn):
     """Turn DefMambaError (and a few obvious environment errors) into a one-line message + exit code."""
 
@@ -51,8 +86,24 @@ def handle_errors(fn):
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except Terminated:
+            fail("terminated", 143)
+        except MemoryError:
+            fail("out of memory: use a smaller --batch or --img-size (or a machine with more memory)", 2)
 
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"defmamba-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """DefMamba from PyTorch to ONNX, ONNX Runtime and TensorRT."""
 
 
 def parse_size(value: Optional[str], default: int = 224) -> tuple[int, int]:
@@ -172,11 +223,7 @@ def predict(
 
     h, w = parse_size(img_size)
     check_input_size(h, w)
-    names = None
-    if labels is not None:
-        if not labels.is_file():
-            fail(f"labels file {labels} does not exist")
-        names = labels.read_text().splitlines()
+    names = read_labels(labels) if labels is not None else None
     if onnx_file is not None:
         if weights is not None:
             fail("--weights sets the PyTorch model's weights; an ONNX file carries its own: drop --weights or --onnx")
@@ -202,6 +249,28 @@ def predict(
     _print_predictions(results, as_json)
 
 
+def read_labels(path: Path) -> list[str]:
+    """Class names, one per line, from a UTF-8 text file; one line naming the file when it is not one."""
+    from .errors import UsageError
+
+    if path.is_dir():
+        raise UsageError(f"labels file {path} is a folder: pass a text file with one class name per line")
+    if not path.is_file():
+        raise UsageError(f"labels file {path} does not exist: pass a text file with one class name per line")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"labels file {path} is not UTF-8 text (byte {e.start}): pass a text file with one class "
+                         f"name per line") from None
+    if "\0" in text:
+        raise UsageError(f"labels file {path} is binary (holds NUL bytes): pass a text file with one class name per line")
+    names = text.splitlines()
+    if not any(n.strip() for n in names):
+        raise UsageError(f"labels file {path} is empty: pass a text file with one class name per line")
+    return names
+
+
 def _print_predictions(results: list[dict], as_json: bool) -> None:
     if as_json:
         print(json.dumps(results, indent=2))
@@ -215,18 +284,6 @@ def _print_predictions(results: list[dict], as_json: bool) -> None:
         for rank, t in enumerate(r["top"], 1):
             table.add_row(str(rank), str(t["class"]), t["label"] or "", f"{t['prob']:.4f}")
         console.print(table)
-
-
-def _parse_int_list(value: str, what: str) -> list[int]:
-    from .errors import UsageError
-
-    try:
-        out = [int(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise UsageError(f"{what} {value!r} must be comma-separated integers, e.g. 1,4") from None
-    if not out:
-        raise UsageError(f"{what} is empty")
-    return out
 
 
 @app.command()
@@ -304,8 +361,8 @@ def parity(
 
     report = run_parity(
         model, weights, ema=ema, unsafe_pickle=unsafe_pickle, onnx=onnx_file, portable_onnx=portable_file,
-        backends=[b.strip() for b in backends.split(",") if b.strip()], images=images, samples=samples,
-        img_size=parse_size(img_size), batches=_parse_int_list(batch, "--batch"), atol=atol, rtol=rtol,
+        backends=backends, images=images, samples=samples,
+        img_size=parse_size(img_size), batches=batch, atol=atol, rtol=rtol,
         threads=threads, library=plugins, engine=engine, use_exported=not reexport, backbone=backbone,
         progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]", highlight=False),
     )
@@ -368,12 +425,14 @@ def bench(
     if not sizes:
         raise UsageError("--img-size is empty")
     if ops:
+        if any(h != w for h, w in sizes):
+            raise UsageError(f"--ops times the ops at square sizes; got --img-size {img_size}: use e.g. 224,512")
         with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True) as prog:
             task = prog.add_task("op bench", total=None)
             from .bench_ops import run_op_bench
 
             res = run_op_bench(model, img_sizes=[h for h, _ in sizes] if img_size != "224" else (224, 512),
-                                 threads=threads, warmup=warmup, iters=iters, seconds=seconds if seconds else 1.0,
+                                 threads=threads, warmup=warmup, iters=iters, seconds=seconds,
                                  progress=lambda m: prog.update(task, description=m))
         table = Table(title=f"op bench: DefMamba-{res['model']} shapes, memcpy {res['memcpy_gb_s']:.1f} GB/s "
                                   f"({res['memcpy_threads']} threads; 1 thread: {res['memcpy_gb_s_1thread']:.1f})")
@@ -390,10 +449,10 @@ def bench(
             _write_text(json_out, json.dumps(res, indent=2))
         return
 
-    blist = _parse_int_list(batch, "--batch")
-    plist = [p.strip() for p in precision.split(",") if p.strip()]
-    blist_backends = [b.strip() for b in backends.split(",") if b.strip()]
-    B.validate_args(blist_backends, blist, sizes, plist, warmup, iters, seconds)
+    blist = checks.int_list(batch, "--batch")
+    plist = checks.names(precision, "--precision")
+    blist_backends = checks.names(backends, "--backends")
+    B.validate_args(blist_backends, blist, sizes, plist, warmup, iters, seconds, threads)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as prog:
         task = prog.add_task("bench", total=len(blist_backends) * len(plist) * len(sizes) * len(blist))
@@ -478,7 +537,16 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def install_signal_handlers() -> None:
+    """SIGTERM as an exception: the default action kills the process before any clean-up; raised,
+    it removes temporaries exactly as Ctrl-C does."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main() -> None:
+    install_signal_handlers()
     app(args=_join_size_args(sys.argv[1:]), prog_name="defmamba-deploy")
 
 

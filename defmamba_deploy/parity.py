@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import checks
 from .errors import UsageError
 
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3  # float32 through ~20 blocks, re-associated sums; see README
@@ -199,10 +200,12 @@ def run_parity(
 
     name = resolve_name(model)
     chosen = check_backend_names(backends)
-    if not batches or any(b < 1 for b in batches):
-        raise UsageError(f"batch sizes must be >= 1, got {list(batches)}")
-    if samples < 0:
-        raise UsageError(f"--samples must be >= 0, got {samples}")
+    batches = checks.int_list(batches, "--batch")
+    checks.count(samples, "--samples", low=0)
+    checks.optional_count(threads, "--threads")
+    # NaN would pass every comparison (every test against it is false) and a negative tolerance none
+    atol = checks.number(atol, "--atol", low=0)
+    rtol = checks.number(rtol, "--rtol", low=0)
     check_input_size(*img_size)
     say = progress or (lambda msg: None)
     backbone = _backbone_of_files([f for f in (onnx, portable_onnx) if f is not None], backbone, say)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import checks
 from ..errors import MissingDependencyError, UsageError
 from .base import Runner
 
@@ -113,7 +114,9 @@ def get_backend(name: str) -> Backend:
     return known[name]
 
 
-def check_backend_names(names: Sequence[str]) -> list[Backend]:
+def check_backend_names(names: str | Sequence[str]) -> list[Backend]:
+    """The registered backends ``names`` (a comma-separated string or a sequence) asks for, in order."""
+    names = checks.names(names, "--backends")
     known = backends()
     unknown = [b for b in names if b not in known]
     if unknown:

@@ -69,11 +69,11 @@ def _err(result):
 
 @pytest.mark.parametrize("args,match", [
     (["--backends", "torch,tensorflow"], "unknown backend"),
-    (["--batch", "0"], "batch sizes must be >= 1"),
+    (["--batch", "0"], "--batch must be an integer >= 1"),
     (["--batch", "1,x"], "comma-separated integers"),
     (["--img-size", "32"], "below the model minimum"),
     (["--precision", "fp8"], "unknown precision"),
-    (["--iters", "0"], "--iters must be >= 1"),
+    (["--iters", "0"], "--iters must be an integer >= 1"),
 ])
 def test_bad_arguments(args, match):
     out = _err(runner.invoke(app, ["bench", "-m", "t", *args]))
