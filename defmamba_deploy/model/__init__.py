@@ -21,13 +21,15 @@ def create_model(
     ema: bool = False,
     backbone: bool = False,
     unsafe_pickle: bool = False,
+    allow_nonfinite: bool = False,
     num_classes: int | None = None,
     seed: int | None = None,
 ):
     """Build DefMamba ``name`` ('t'|'s'|'b' or 'tiny'|'small'|'base') in eval mode.
 
     ``weights``: a checkpoint file loaded strictly (see :func:`load_checkpoint`); ``ema`` picks the
-    EMA weights of a training file. ``backbone=True`` gives the dense-prediction backbone that
+    EMA weights of a training file; ``allow_nonfinite`` loads weights that hold NaN/inf, which are
+    refused by default as a damaged file. ``backbone=True`` gives the dense-prediction backbone that
     returns four feature maps. The load report is kept as ``model.load_report`` (None without weights).
     ``seed`` makes a random initialisation reproducible (the global RNG is left untouched), so that
     separately built copies, e.g. an exported file and a parity reference, hold the same weights.
@@ -48,5 +50,6 @@ def create_model(
         model = cls(cfg)
     model.load_report = None
     if weights is not None:
-        model.load_report = load_checkpoint(model, weights, ema=ema, unsafe_pickle=unsafe_pickle)
+        model.load_report = load_checkpoint(model, weights, ema=ema, unsafe_pickle=unsafe_pickle,
+                                            allow_nonfinite=allow_nonfinite)
     return model.eval()
