@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from .. import __version__
+from ..data import preprocessing_record
 from ..errors import UsageError
 from ..files import write_pair
 from ..model import MIN_INPUT_SIZE, check_input_size, create_model, resolve_name, short_name
@@ -145,7 +146,7 @@ def export_onnx(
         "export_batch": batch,
         "min_input_size": MIN_INPUT_SIZE,
         "input_check_in_graph": dynamic == "shape",
-        "preprocessing": {"mean": list(net.cfg.mean), "std": list(net.cfg.std), "layout": "NCHW", "dtype": "float32"},
+        "preprocessing": preprocessing_record(img_size, net.cfg.mean, net.cfg.std),
         "weights": weights_info,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
