@@ -30,7 +30,6 @@ import io
 import numbers
 import os
 import threading
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -195,16 +194,14 @@ def _first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _pil_limit(limit: int | None):
-    """PIL's own bomb check at ``limit`` (None: off), its warning raised as an error; hold _PIL_LOCK."""
+def _pil_check_off():
+    """PIL's own (process-wide) bomb check off, for a header read; hold _PIL_LOCK."""
     from PIL import Image
 
     saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
@@ -232,19 +229,19 @@ def _decode_errors(name: str, limit: int):
 def _decode(source, name: str, limit: int):
     """``Image.open`` + ``load`` of a path or file object, checked against ``limit`` from the header.
 
-    PIL's own limit is off for the header read, so that the check here (with its message) comes
-    first; during the decode it is ``limit``, so frames or tiles that grow past the header's size
-    are refused by PIL itself.
+    PIL's own limit (a process-wide setting) is off only for the header read, under a lock, so that
+    the check here (with its message and the caller's limit) comes first; the decode itself runs
+    outside the lock, so threads decode in parallel. PIL checks the size at ``open`` (and ``crop``),
+    not while decoding, and the header's size is the one checked here.
     """
     from PIL import Image
 
-    with _decode_errors(name, limit), _PIL_LOCK:
-        with _pil_limit(None):
+    with _decode_errors(name, limit):
+        with _PIL_LOCK, _pil_check_off():
             im = Image.open(source)
         try:
             _check_pixels(name, im.size, limit)
-            with _pil_limit(limit):
-                im.load()
+            im.load()
         except BaseException:
             im.close()
             raise
@@ -329,7 +326,7 @@ def _decoded_rgb(source, name: str, limit: int):
 
 def _decode_opened(image, limit: int):
     """``load`` of a PIL image the caller opened lazily, with the decode-time checks of :func:`_decode`."""
-    with _decode_errors("the PIL image", limit), _PIL_LOCK, _pil_limit(limit):
+    with _decode_errors("the PIL image", limit):
         image.load()
     return image
 
