@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MissingDependencyError, UsageError
+from ..files import check_writable
 from ..libs import find_library
 from ..onnx import custom_ops_used, load_onnx, read_sidecar
 from ..onnx.export import default_output, export_onnx
@@ -66,11 +67,21 @@ def create_session(
         try:
             lib = find_library("ort", library)
         except MissingDependencyError as e:
+            if not needed:  # asked for explicitly by a model without custom ops: the library's own line
+                raise
             raise MissingDependencyError(
                 f"{path} uses custom ops {', '.join('defmamba::' + n for n in needed)} but {e}; "
                 f"or export a portable model (defmamba-deploy export --portable)"
             ) from None
-        so.register_custom_ops_library(str(lib))
+        try:
+            so.register_custom_ops_library(str(lib))
+        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail for a library it cannot load
+            detail = _first_line(e).split(f"{lib}: ")[-1]  # the loader's reason, without the path again
+            raise MissingDependencyError(f"onnxruntime could not load the custom-op library {lib}: {detail}; "
+                                         f"rebuild it (bash scripts/build_plugins.sh) or pass the built "
+                                         f"libdefmamba_ort_ops.so") from None
+    if so.optimized_model_filepath:  # ORT writes the optimised model while it makes the session
+        check_writable(so.optimized_model_filepath, "optimized model")
     available = ort.get_available_providers()
     if providers is None:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
@@ -81,8 +92,18 @@ def create_session(
     try:
         return ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=list(providers))
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UsageError(f"onnxruntime could not load {path}: {first}") from None
+        raise UsageError(f"onnxruntime could not load {path}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """An ORT exception as one line, without its '[ONNXRuntimeError] : 1 : FAIL :' preamble."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    first = text.splitlines()[0]
+    if first.startswith("[ONNXRuntimeError]"):  # "[ONNXRuntimeError] : <code> : <NAME> : <message>"
+        first = first.split(" : ", 3)[-1]
+    return first[:300]
 
 
 class OrtRunner(Runner):
@@ -152,10 +173,14 @@ def _onnx_for(request: BackendRequest, portable: bool) -> Path:
     if request.use_exported:
         local = default_output(request.model, portable=portable, backbone=request.backbone)
         if local.is_file():
-            side = read_sidecar(local)
-            why = "it has no .onnx.json sidecar" if side is None else side.problem(
-                variant=request.model, portable=portable, backbone=request.backbone, weights=request.weights,
-                load_report=request.load_report, img_sizes=[size], batches=request.batches)
+            try:
+                side = read_sidecar(local)
+            except UsageError as e:  # a broken sidecar: the file does not match, a fresh export is used
+                why = str(e)
+            else:
+                why = "it has no .onnx.json sidecar" if side is None else side.problem(
+                    variant=request.model, portable=portable, backbone=request.backbone, weights=request.weights,
+                    load_report=request.load_report, img_sizes=[size], batches=request.batches)
             if why is None:
                 request.progress(f"using {local} (written by defmamba-deploy export; --reexport checks a fresh export instead)")
                 return local
