@@ -1,6 +1,8 @@
 """build_engine and build_engine_for_cli against a fake TensorRT (no GPU here): both precision paths
 apply the one float32 policy, the engine and its sidecar are written as a pair or not at all, and bad
 input is one line before any slow work."""
+import types
+
 import numpy as np
 import onnx
 import pytest
@@ -126,6 +128,10 @@ def test_failed_build_writes_nothing_and_keeps_the_old_pair(setup, tmp_path):
     ({"onnx_file": None, "precision": "fp64"}, "precision 'fp64' is not one of"),
     ({"onnx_file": None, "workspace_gib": 0}, "--workspace must be > 0"),
     ({"onnx_file": None, "plugins": "nope.so"}, "nope.so does not exist"),
+    ({"onnx_file": None, "plugins": "{dir}"}, "is a folder, not a file"),
+    ({"onnx_file": None, "plugins": "{tiny}"}, r"tiny\.onnx is not a shared library"),
+    ({"onnx_file": "{dir}"}, r"ONNX file \S+ is a folder, not a file"),
+    ({"onnx_file": "{tiny}", "output": "{dir}"}, r"cannot write engine \S+: it is a folder, not a file \(choose another --output\)"),
 ])
 def test_cli_build_rejects_bad_input_before_any_work(setup, tmp_path, monkeypatch, kwargs, match):
     path, lib, use, _ = setup
@@ -186,3 +192,118 @@ def test_env_loaders_without_the_libraries(monkeypatch):
     assert env.trt_major("10.13.0.35") == 10
     with pytest.raises(dd.UsageError, match="cannot read the TensorRT version"):
         env.trt_major("ten")
+
+
+
+# --- files that cannot be written or read: one line, before any build ------------------------------------
+
+def test_build_checks_every_output_before_the_build(setup, tmp_path):
+    path, lib, use, profile = setup
+    trt = use(ft.full_module())
+    (tmp_path / "engine_dir").mkdir()
+    cases = [
+        ({"output": tmp_path / "engine_dir"}, r"^cannot write engine \S+engine_dir: it is a folder, not a file"),
+        ({"output": tmp_path / ("e" * 246 + ".plan")}, r"^cannot write engine sidecar \S+: the name .* is 256 bytes"),
+        ({"output": tmp_path / "e.plan", "timing_cache": tmp_path / "tiny.onnx" / "t.cache"},
+         r"^cannot write timing cache \S+t\.cache: \S+tiny\.onnx is a file, not a folder \(choose another --timing-cache\)"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(dd.UsageError, match=match):
+            tb.build_engine(path, profile=profile, plugins=lib, **kwargs)
+        assert trt.built is None, "built before checking the outputs"
+        with pytest.raises(dd.UsageError, match=match.replace("^", "")):
+            tb.build_engine_for_cli(path, model="t", plugins=lib, **kwargs)
+        assert trt.built is None, "built before checking the outputs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine_dir", "libdefmamba_trt_plugins.so", "tiny.onnx"]
+
+
+def test_build_refuses_input_files_of_the_wrong_kind(setup, tmp_path):
+    path, lib, use, profile = setup
+    use(ft.full_module())
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk" * 50)
+    for onnx_file, match in ((tmp_path / "folder.onnx", "is a folder, not a file"), (tmp_path / "empty.onnx", "is empty"),
+                             (tmp_path / "junk.onnx", "is not a valid ONNX model")):
+        with pytest.raises(dd.UsageError, match=match):
+            tb.build_engine(onnx_file, tmp_path / "e.plan", profile=profile, plugins=lib)
+        with pytest.raises(dd.UsageError, match=match):
+            tb.build_engine_for_cli(onnx_file, model="t", plugins=lib, output=tmp_path / "e.plan")
+    assert not (tmp_path / "e.plan").exists()
+
+
+def _runtime_engine(tmp_path, monkeypatch, plan: bytes):
+    """An engine file with a good sidecar, and a fake TensorRT whose runtime cannot deserialize it."""
+    from defmamba_deploy.files import write_json
+    from defmamba_deploy.runtime.tensorrt import runner as rn
+
+    info = tb.EngineInfo(tensorrt_version="10.13.0.35", gpu_name="Fake GPU", compute_capability="9.0",
+                         precision="fp32", profile={"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]},
+                         plugin_library="lib.so", plugin_library_sha256="", onnx_path="t.onnx", onnx_sha256="",
+                         variant="tiny")
+    engine = tmp_path / "t.plan"
+    engine.write_bytes(plan)
+    write_json(tb.engine_sidecar_path(engine), info.to_dict())
+    trt = ft.full_module("10.13.0.35")
+    trt.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: None)
+    monkeypatch.setattr(rn, "require_tensorrt", lambda: trt)
+    monkeypatch.setattr(rn, "cudart", lambda: object())
+    monkeypatch.setattr(rn, "device_info", lambda runtime=None: ("Fake GPU", "9.0"))
+    return engine, rn
+
+
+def test_the_runner_refuses_engine_files_of_the_wrong_kind(tmp_path, monkeypatch):
+    engine, rn = _runtime_engine(tmp_path, monkeypatch, b"\x00garbage, not a plan")
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"\x7fELF fake")
+    r = rn.TrtRunner(engine, plugins=lib)
+    with pytest.raises(dd.UsageError, match=r"^TensorRT could not deserialize \S+t\.plan: it is not an engine of this "
+                                             r"TensorRT or it is damaged; rebuild it"):
+        r.activate()
+    assert not r.is_active
+    engine.write_bytes(b"")
+    with pytest.raises(dd.UsageError, match=r"^engine \S+t\.plan is empty \(0 bytes\): build one with"):
+        rn.TrtRunner(engine)
+    engine.unlink()
+    engine.mkdir()
+    with pytest.raises(dd.UsageError, match=r"^engine \S+t\.plan is a folder, not a file \(build one with"):
+        rn.TrtRunner(engine)
+    engine.rmdir()
+    engine.write_bytes(b"PLAN")
+    tb.engine_sidecar_path(engine).unlink()
+    tb.engine_sidecar_path(engine).mkdir()
+    with pytest.raises(dd.UsageError, match=r"engine sidecar \S+t\.plan\.json is a folder, not a file; rebuild"):
+        rn.TrtRunner(engine)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"profile": {"min": ["1", 3, 64, 64], "max": [4, 3, 64, 64]}}, "gives a profile"),
+    ({"profile": {"min": [1, 3, 64, 64], "max": [4, 3, 64, True]}}, "gives a profile"),
+    ({"tensorrt_version": 10}, "tensorrt_version is 10, which is not what build-engine writes"),
+    ({"backbone": "no"}, "backbone is 'no'"),
+    ({"precision": "fp64"}, "unknown precision 'fp64'"),
+])
+def test_an_engine_sidecar_of_the_wrong_shape_is_one_line(tmp_path, change, match):
+    good = {"tensorrt_version": "10.13.0.35", "compute_capability": "9.0", "precision": "fp32",
+            "profile": {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]}}
+    assert tb.EngineInfo.from_dict(good).min_shape == (1, 3, 64, 64)
+    with pytest.raises(dd.UsageError, match=match + r".*rebuild the engine"):
+        tb.EngineInfo.from_dict({**good, **change}, "e.plan.json")
+    with pytest.raises(dd.UsageError, match="holds a JSON list, not an object"):
+        tb.EngineInfo.from_dict([good], "e.plan.json")
+
+
+def test_the_runner_checks_the_engine_before_the_plugin_library(tmp_path, monkeypatch):
+    """An engine of another TensorRT needs a rebuild whatever the library: that is the line, not the library's."""
+    engine, rn = _runtime_engine(tmp_path, monkeypatch, b"PLAN")
+    info = tb.read_engine_sidecar(engine)
+    info.tensorrt_version = "10.8.0"
+    from defmamba_deploy.files import write_json
+
+    write_json(tb.engine_sidecar_path(engine), info.to_dict())
+    with pytest.raises(dd.UsageError, match="built with TensorRT 10.8.0, this is TensorRT 10.13.0.35"):
+        rn.TrtRunner(engine, plugins=tmp_path / "no_such_lib.so").activate()
+    with pytest.raises(dd.MissingDependencyError, match="no_such_lib.so does not exist"):
+        info.tensorrt_version = "10.13.0.35"
+        write_json(tb.engine_sidecar_path(engine), info.to_dict())
+        rn.TrtRunner(engine, plugins=tmp_path / "no_such_lib.so").activate()

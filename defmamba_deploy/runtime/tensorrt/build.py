@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from ... import __version__
 from ...errors import UsageError
-from ...files import atomic_write_bytes, read_json, sha256_file, write_pair
+from ...files import atomic_write_bytes, check_writable, read_json, require_file, sha256_file, write_pair
 from ...model import MIN_INPUT_SIZE
 from .env import device_info, load_plugin_library, require_tensorrt, trt_major
 
@@ -146,6 +146,8 @@ class EngineInfo:
     # --- reading -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict, source: str = "engine sidecar") -> "EngineInfo":
+        if not isinstance(data, dict):
+            raise UsageError(f"{source} holds a JSON {type(data).__name__}, not an object: {REBUILD}")
         if data.get("format", ENGINE_FORMAT) != ENGINE_FORMAT:
             raise UsageError(f"{source} has format {data.get('format')!r}, not {ENGINE_FORMAT!r}: {REBUILD}")
         required = ["tensorrt_version", "compute_capability", "precision", "profile"]
@@ -156,9 +158,22 @@ class EngineInfo:
         values = {k: v for k, v in data.items() if k in known}
         for k in ("gpu_name", "plugin_library", "plugin_library_sha256", "onnx_path", "onnx_sha256"):
             values.setdefault(k, "")
+        wrong = [k for k in ("tensorrt_version", "compute_capability", "precision", "gpu_name", "plugin_library",
+                             "plugin_library_sha256", "onnx_path", "onnx_sha256") if not isinstance(values[k], str)]
+        wrong += [k for k in ("backbone", "strongly_typed") if not isinstance(values.get(k, False), bool)]
+        if not isinstance(values.get("fp32_layers", []), list):
+            wrong.append("fp32_layers")
+        if wrong:
+            k = wrong[0]
+            raise UsageError(f"{source}: {k} is {values[k]!r}, which is not what build-engine writes: {REBUILD}")
         info = cls(**values)
         prof = info.profile
-        ok = isinstance(prof, dict) and all(isinstance(prof.get(k), list) and len(prof[k]) == 4 for k in ("min", "max"))
+
+        def _shape(v) -> bool:
+            return isinstance(v, list) and len(v) == 4 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                               for d in v)
+
+        ok = isinstance(prof, dict) and all(_shape(prof.get(k)) for k in ("min", "max"))
         if not ok:
             raise UsageError(f"{source} gives a profile {prof!r}, not min/opt/max shapes (batch, 3, height, width): {REBUILD}")
         if info.precision not in PRECISIONS:
@@ -169,7 +184,7 @@ class EngineInfo:
     def read(cls, engine: str | os.PathLike) -> "EngineInfo":
         """The sidecar of ``engine``, or a one-line UsageError (missing, not JSON, not a sidecar)."""
         p = engine_sidecar_path(engine)
-        if not p.is_file():
+        if not os.path.lexists(p):
             raise UsageError(f"{p} is missing: engines are checked against the sidecar written by build-engine; "
                              f"rebuild the engine")
         return cls.from_dict(read_json(p, "engine sidecar", REBUILD), str(p))
@@ -259,6 +274,21 @@ def _strongly_typed(trt, requested: bool | None) -> bool:
     return bool(requested)
 
 
+def check_outputs(engine: str | os.PathLike, timing_cache: str | os.PathLike | None = None,
+                  calibration_cache: str | os.PathLike | None = None, strongly_typed: bool = False, *,
+                  fix: str = "choose another path") -> None:
+    """Every file a build will write can be written (one UsageError line if not), checked before the build:
+    the engine and its sidecar, the timing cache, and the INT8 calibration cache a calibration writes
+    (the ``.ranges.json`` of the Q/DQ path when ``strongly_typed``, else the calibrator's cache)."""
+    check_writable(engine, "engine", fix=fix)
+    check_writable(engine_sidecar_path(engine), "engine sidecar", fix=fix)
+    if timing_cache:
+        check_writable(timing_cache, "timing cache", fix="choose another --timing-cache")
+    if calibration_cache:
+        cache = Path(calibration_cache)
+        check_writable(cache.with_suffix(".ranges.json") if strongly_typed else cache, "calibration cache", fix=fix)
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -294,14 +324,14 @@ def build_engine(
     if not isinstance(policy, Fp32Policy):
         raise UsageError(f"the float32 policy must be an Fp32Policy, got {type(policy).__name__}")
     onnx_path, output = Path(onnx_path), Path(output)
-    if not onnx_path.is_file():
-        raise UsageError(f"ONNX file {onnx_path} does not exist (write one with defmamba-deploy export)")
+    require_file(onnx_path, "ONNX file", "write one with defmamba-deploy export", ": re-export it")
     if output.resolve() == onnx_path.resolve():
         raise UsageError(f"the engine {output} would overwrite the ONNX file: choose another --output")
     if precision == "int8" and calibration is None and not _has_int8_cache(calibration_cache):
         raise UsageError("--int8 needs calibration images (--calib-images DIR) or an existing calibration cache")
     lib = find_library("trt", plugins)
     typed = _strongly_typed(trt, strongly_typed)
+    check_outputs(output, timing_cache, calibration_cache if calibration is not None else None, typed)
     gpu_name, cc = device_info()
 
     model = load_onnx(onnx_path)
@@ -419,12 +449,9 @@ def _sidecar_of(onnx_file: Path, variant: str):
     side = read_sidecar(onnx_file)
     if side is not None:
         return side
-    import onnx
+    from ...onnx import load_onnx
 
-    try:
-        model = onnx.load(str(onnx_file), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types
-        raise UsageError(f"{onnx_file} is not a readable ONNX file ({type(e).__name__}): re-export it") from None
+    model = load_onnx(onnx_file, check=False)  # a file that is not ONNX: one line saying what it is
     inits = {i.name for i in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in inits]
     dims = [d.dim_value if d.dim_value > 0 else (d.dim_param or "?") for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
@@ -481,10 +508,8 @@ def build_engine_for_cli(
         if value is not None:
             parse_shape(value)
     if onnx_file is not None:
-        onnx_file = Path(onnx_file)
-        if not onnx_file.is_file():
-            raise UsageError(f"ONNX file {onnx_file} does not exist (write one with defmamba-deploy export, or leave it "
-                             f"out to export --model now)")
+        onnx_file = require_file(onnx_file, "ONNX file", "write one with defmamba-deploy export, or leave it out to "
+                                 "export --model now", ": re-export it")
         if onnx_file.suffix != ".onnx":
             raise UsageError(f"{onnx_file} is not an .onnx file: build-engine takes the ONNX file from export")
     if calib_images is not None and precision != "int8":
@@ -505,6 +530,8 @@ def build_engine_for_cli(
             raise UsageError(f"--int8 needs calibration images (--calib-images DIR) or an existing calibration cache ({cache})")
         if calib_images is not None:
             list_images(calib_images)  # a missing or empty folder fails here, before the export
+    check_outputs(out, timing_cache, cache if calib_images is not None else None, _strongly_typed(trt, strongly_typed),
+                  fix="choose another --output")
 
     say = progress or (lambda m: None)
     with tempfile.TemporaryDirectory(prefix="defmamba_engine_") as tmp:

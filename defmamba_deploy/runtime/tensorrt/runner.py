@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import MissingDependencyError, UsageError
-from ...files import sha256_file
+from ...files import check_writable, require_file, sha256_file
 from ...libs import find_library
 from ...model import resolve_name
 from ..base import Runner
@@ -27,6 +27,7 @@ from .env import DeviceBuffer, cuda_check, cudart, device_info, load_plugin_libr
 
 __all__ = ["TrtRunner", "DeviceBuffer"]
 _SYMBOLIC = ("batch", 3, "height", "width")
+NO_ENGINE = "build one with defmamba-deploy build-engine"
 INT8_NEEDS_ENGINE = ("int8 needs calibration data: build the engine with defmamba-deploy build-engine --int8 "
                      "--calib-images DIR and pass it with --engine")
 
@@ -40,9 +41,7 @@ class TrtRunner(Runner):
     def __init__(self, engine_path: str | os.PathLike, *, plugins: str | os.PathLike | None = None,
                  cuda_graph: bool = False, name: str | None = None) -> None:
         super().__init__(name)
-        self.path = Path(engine_path)
-        if not self.path.is_file():
-            raise UsageError(f"engine {self.path} does not exist (build one with defmamba-deploy build-engine)")
+        self.path = require_engine_file(engine_path)
         self.sidecar = EngineInfo.read(self.path)
         self.plugins, self.cuda_graph = plugins, cuda_graph
         self.min_shape, self.max_shape = self.sidecar.min_shape, self.sidecar.max_shape
@@ -57,16 +56,28 @@ class TrtRunner(Runner):
     def activate_impl(self) -> None:
         trt = require_tensorrt()
         runtime = cudart()
-        lib = find_library("trt", self.plugins)
         _, cc = device_info(runtime)
+        # the engine against this TensorRT and GPU first: a rebuild fixes that whatever the library is
+        check_engine_compatible(self.sidecar, trt.__version__, cc)
+        lib = find_library("trt", self.plugins)
         check_engine_compatible(self.sidecar, trt.__version__, cc, sha256_file(lib))
+        try:
+            plan = self.path.read_bytes()
+        except OSError as e:
+            raise UsageError(f"engine {self.path} cannot be read: {e.strerror or e}") from None
         load_plugin_library(trt, lib)
         self.trt, self.cudart = trt, runtime
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)  # kept: the engine must not outlive its runtime
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        try:
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
+        except Exception as e:  # noqa: BLE001 - some TensorRT versions raise instead of returning None
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UsageError(f"TensorRT could not deserialize {self.path} ({detail}): it is not an engine of this "
+                             f"TensorRT or it is damaged; rebuild it with defmamba-deploy build-engine") from None
         if self.engine is None:
-            raise UsageError(f"TensorRT could not deserialize {self.path}: rebuild it with defmamba-deploy build-engine")
+            raise UsageError(f"TensorRT could not deserialize {self.path}: it is not an engine of this TensorRT or it "
+                             f"is damaged; rebuild it with defmamba-deploy build-engine")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -172,6 +183,11 @@ class TrtRunner(Runner):
 
 # --- the registry entry -----------------------------------------------------------------------------
 
+def require_engine_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is a non-empty file; else one line (missing, a folder, empty)."""
+    return require_file(path, "engine", NO_ENGINE, f" (0 bytes): {NO_ENGINE}")
+
+
 def _require_runtime() -> None:
     try:
         require_tensorrt()
@@ -185,8 +201,7 @@ def _given_engine(request: BackendRequest) -> EngineInfo:
     if path.suffix == ".onnx":
         raise UsageError(f"{path} is an ONNX file; the trt backend runs an engine: build one with "
                          f"defmamba-deploy build-engine {path} and pass it with --engine")
-    if not path.is_file():
-        raise UsageError(f"engine {path} does not exist (build one with defmamba-deploy build-engine)")
+    require_engine_file(path)
     info = EngineInfo.read(path)
     if info.precision != request.precision:
         raise Unavailable(f"{path} is a {info.precision} engine, not {request.precision}")
@@ -211,10 +226,14 @@ def _onnx_for(request: BackendRequest, variant: str, size: tuple[int, int], tag:
     from ...onnx import export_onnx, read_sidecar
 
     path = Path(request.workdir) / f"{variant}_trt_{size[0]}x{size[1]}{tag}.onnx"
-    side = read_sidecar(path) if path.is_file() else None
-    why = "none yet" if side is None else side.problem(
-        variant=variant, portable=False, backbone=request.backbone, weights=request.weights,
-        load_report=getattr(request, "load_report", None), img_sizes=[size], batches=request.batches)
+    try:
+        side = read_sidecar(path) if path.is_file() else None
+    except UsageError as e:  # an unusable sidecar: the file is exported again
+        why = str(e)
+    else:
+        why = "none yet" if side is None else side.problem(
+            variant=variant, portable=False, backbone=request.backbone, weights=request.weights,
+            load_report=getattr(request, "load_report", None), img_sizes=[size], batches=request.batches)
     if why is not None:
         request.progress(f"exporting DefMamba-{variant} ONNX for trt ({size[0]}x{size[1]})")
         export_onnx(variant, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle, img_size=size,
@@ -244,8 +263,10 @@ def _engine_for(request: BackendRequest) -> Path:
 
     variant, size = resolve_name(request.model), tuple(int(v) for v in request.img_size)
     tag = "_backbone" if request.backbone else ""
-    onnx_path = _onnx_for(request, variant, size, tag)
     engine = Path(request.workdir) / f"{variant}_{request.precision}_{size[0]}x{size[1]}{tag}.plan"
+    if not engine.is_file():  # it will be built: a folder it cannot go in fails before the export, not after
+        check_writable(engine, "engine", fix="give a writable workdir")
+    onnx_path = _onnx_for(request, variant, size, tag)
     if not _reusable(engine, onnx_path, request, size):
         most = max(request.batches or (1,))
         profile = compute_profile(read_sidecar(onnx_path),
