@@ -210,6 +210,7 @@ def run_bench(
     sizes: Sequence[tuple[int, int]] = ((224, 224),),
     precisions: Sequence[str] = ("fp32",),
     threads: int | None = None,
+    allow_nonfinite: bool = False,
     warmup: int = 3,
     iters: int | None = None,
     seconds: float | None = 5.0,
@@ -242,7 +243,7 @@ def run_bench(
                                                 "backends": list(backends), "batches": list(batches),
                                                 "sizes": [list(s) for s in sizes], "precisions": list(precisions)})
     with tempfile.TemporaryDirectory(prefix="defmamba_bench_") as tmp:
-        base = BackendRequest(name, weights, batches=tuple(batches), threads=threads,
+        base = BackendRequest(name, weights, batches=tuple(batches), threads=threads, allow_nonfinite=allow_nonfinite,
                               workdir=Path(workdir) if workdir is not None else Path(tmp), check_weights=False)
         combos = [(b, p, s, replace(base, precision=p, img_size=tuple(s), file=files.get(b.name)))
                   for b in chosen for p in precisions for s in sizes]
@@ -309,8 +310,14 @@ def to_csv(report: BenchReport) -> str:
     return buf.getvalue()
 
 
-def plot_latency(data: dict, path: str | os.PathLike) -> None:
-    """Median latency vs batch, one line per (backend, precision, size); PNG written atomically."""
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot(path: str | os.PathLike):
+    """matplotlib's pyplot when ``path`` can take a plot (matplotlib installed, a known ending);
+    the CLI calls it before the benchmark so that a bad --plot fails in a second, not after it."""
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"--plot {path}: the file must end in {', '.join(PLOT_SUFFIXES)}")
     try:
         import matplotlib
 
@@ -318,6 +325,12 @@ def plot_latency(data: dict, path: str | os.PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependencyError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_latency(data: dict, path: str | os.PathLike) -> None:
+    """Median latency vs batch, one line per (backend, precision, size); written atomically."""
+    plt = check_plot(path)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     groups: dict[tuple, list] = {}
     for r in data["results"]:
@@ -335,6 +348,6 @@ def plot_latency(data: dict, path: str | os.PathLike) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        atomic_write_with(path, fig.savefig, suffix=".png")
+        atomic_write_with(path, fig.savefig, suffix=Path(path).suffix.lower())
     finally:
         plt.close(fig)

@@ -59,6 +59,7 @@ ModelOpt = typer.Option("s", "--model", "-m", help="Variant: t, s, b (or tiny, s
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Checkpoint file (.pth); random init when omitted.")
 EmaOpt = typer.Option(False, "--ema", help="Use the 'model_ema' weights of a training checkpoint.")
 UnsafeOpt = typer.Option(False, "--unsafe-pickle", help="Allow arbitrary pickled objects (only for files you trust).")
+NonFiniteOpt = typer.Option(False, "--allow-nonfinite", help="Load a checkpoint even when some weights are NaN/inf (refused by default: such a file is damaged).")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -138,6 +139,8 @@ def _join_size_args(argv: list[str]) -> list[str]:
     return out
 
 
+InterpOpt = typer.Option(None, "--interpolation", help="Resize filter: bilinear (the authors' evaluation, default), bicubic, nearest, box, hamming, lanczos.")
+CropPctOpt = typer.Option(None, "--crop-pct", help="Crop / resized shorter side (default 0.875: resize 256, crop 224).")
 ImgSizeOpt = typer.Option(None, "--img-size", help="Input size: 224 (square) or H W (e.g. --img-size 160 256). Default 224.")
 
 
@@ -201,17 +204,21 @@ def predict(
     weights: Optional[Path] = WeightsOpt,
     ema: bool = EmaOpt,
     unsafe_pickle: bool = UnsafeOpt,
+    allow_nonfinite: bool = NonFiniteOpt,
     img_size: Optional[str] = ImgSizeOpt,
     topk: int = typer.Option(5, "--topk", min=1, help="How many classes to print."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Text file with one class name per line."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Classify with this ONNX file in ONNX Runtime (the service Predictor) instead of PyTorch."),
     plugins: Optional[Path] = typer.Option(None, "--plugins", help="With --onnx: path of libdefmamba_ort_ops.so (found automatically after the build)."),
+    interpolation: Optional[str] = InterpOpt,
+    crop_pct: Optional[float] = CropPctOpt,
 ) -> None:
     """Classify images with the PyTorch model, or an exported ONNX file (--onnx), and print the top-k.
 
-    Standard ImageNet preprocessing (resize 256 bicubic, centre crop). With --onnx the size and
-    normalisation come from the file's sidecar unless --img-size is given; --model/--weights do not apply.
+    The authors' evaluation preprocessing (shorter side to 256 bilinear, centre crop 224, ImageNet
+    mean/std). With --onnx the size, normalisation and resize come from the file's sidecar unless
+    given here; --model/--weights do not apply.
 
     Examples:
       [bold]defmamba-deploy predict --model s --weights defmamba_s.pth cat.jpg[/]
@@ -229,7 +236,8 @@ def predict(
             fail("--weights sets the PyTorch model's weights; an ONNX file carries its own: drop --weights or --onnx")
         from .runtime import Predictor
 
-        pred = Predictor(onnx_file, img_size=(h, w) if img_size else None, library=plugins, labels=names)
+        pred = Predictor(onnx_file, img_size=(h, w) if img_size else None, library=plugins, labels=names,
+                         interpolation=interpolation, crop_pct=crop_pct)
         if pred.runner.sidecar is not None and pred.runner.sidecar.random_init:
             err_console.print(f"[yellow]warning:[/] {onnx_file} was exported without --weights: its predictions mean nothing")
         results = [{"image": str(path), "top": top} for path, top in zip(images, pred.predict(list(images), topk=topk))]
@@ -241,10 +249,12 @@ def predict(
     from .runtime.torch_runner import TorchRunner
 
     # (without weights: the same seeded random init as export, so `predict` and `predict --onnx` agree)
-    net = create_model(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, seed=RANDOM_INIT_SEED)
+    net = create_model(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, allow_nonfinite=allow_nonfinite,
+                       seed=RANDOM_INIT_SEED)
     if net.load_report is not None:
         err_console.print(net.load_report.summary(), highlight=False)
-    pred = Predictor.from_runner(TorchRunner(net), (h, w), mean=net.cfg.mean, std=net.cfg.std, labels=names)
+    pred = Predictor.from_runner(TorchRunner(net), (h, w), mean=net.cfg.mean, std=net.cfg.std, labels=names,
+                                 interpolation=interpolation, crop_pct=crop_pct)
     results = [{"image": str(path), "top": top} for path, top in zip(images, pred.predict(list(images), topk=topk))]
     _print_predictions(results, as_json)
 
@@ -293,6 +303,7 @@ def export(
     weights: Optional[Path] = WeightsOpt,
     ema: bool = EmaOpt,
     unsafe_pickle: bool = UnsafeOpt,
+    allow_nonfinite: bool = NonFiniteOpt,
     img_size: Optional[str] = ImgSizeOpt,
     batch: Optional[int] = typer.Option(None, "--batch", help="Batch size of the example input (fixed when --dynamic none). Default 1."),
     dynamic: Optional[str] = typer.Option(None, "--dynamic", help="batch (default), shape (batch, height, width) or none."),
@@ -301,6 +312,8 @@ def export(
     backbone: bool = typer.Option(False, "--backbone", help="Export the dense-prediction backbone (4 feature maps)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset from export/presets (e.g. dynamic-shape-224-512); flags override it."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .onnx (default defmamba_<m>.onnx); a .onnx.json sidecar is written next to it."),
+    interpolation: Optional[str] = InterpOpt,
+    crop_pct: Optional[float] = CropPctOpt,
 ) -> None:
     """Export DefMamba to ONNX with the [bold]defmamba[/] custom ops (or --portable standard ops).
 
@@ -314,8 +327,9 @@ def export(
 
     settings = export_settings(preset, img_size=parse_size(img_size) if img_size else None, batch=batch,
                                dynamic=dynamic, opset=opset)
-    res = export_onnx(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, portable=portable, backbone=backbone,
-                      output=output, **settings)
+    res = export_onnx(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, allow_nonfinite=allow_nonfinite,
+                      portable=portable, backbone=backbone,
+                      output=output, **pre_options(interpolation, crop_pct), **settings)
     if weights is None:
         err_console.print("[yellow]warning:[/] no --weights given: exported a randomly initialised model")
     side = res.sidecar
@@ -331,6 +345,7 @@ def parity(
     weights: Optional[Path] = WeightsOpt,
     ema: bool = EmaOpt,
     unsafe_pickle: bool = UnsafeOpt,
+    allow_nonfinite: bool = NonFiniteOpt,
     onnx_file: Optional[Path] = typer.Option(None, "--onnx", help="Custom-op ONNX file for the 'ort' backend (exported on the fly if omitted)."),
     portable_file: Optional[Path] = typer.Option(None, "--portable-onnx", help="Portable ONNX file for 'ort-portable' (exported on the fly if omitted)."),
     backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated backends (see `defmamba-deploy backends`)."),
@@ -359,8 +374,9 @@ def parity(
     """
     from .parity import run_parity
 
+    _check_outputs(json_out)
     report = run_parity(
-        model, weights, ema=ema, unsafe_pickle=unsafe_pickle, onnx=onnx_file, portable_onnx=portable_file,
+        model, weights, ema=ema, unsafe_pickle=unsafe_pickle, allow_nonfinite=allow_nonfinite, onnx=onnx_file, portable_onnx=portable_file,
         backends=backends, images=images, samples=samples,
         img_size=parse_size(img_size), batches=batch, atol=atol, rtol=rtol,
         threads=threads, library=plugins, engine=engine, use_exported=not reexport, backbone=backbone,
@@ -391,6 +407,7 @@ def parity(
 def bench(
     model: str = ModelOpt,
     weights: Optional[Path] = WeightsOpt,
+    allow_nonfinite: bool = NonFiniteOpt,
     backends: str = typer.Option("torch,ort,ort-portable", "--backends", help="Comma-separated backends (see `defmamba-deploy backends`)."),
     batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8,32."),
     img_size: str = typer.Option("224", "--img-size", help="Sizes, e.g. 224,384,512 (or HxW entries like 160x256)."),
@@ -418,6 +435,10 @@ def bench(
 
     from . import bench as B
     from .errors import UsageError
+
+    _check_outputs(json_out, csv_out, plot)
+    if plot is not None:
+        B.check_plot(plot)
 
     sizes = []
     for item in [v for v in img_size.split(",") if v.strip()]:
@@ -458,7 +479,8 @@ def bench(
         task = prog.add_task("bench", total=len(blist_backends) * len(plist) * len(sizes) * len(blist))
         files = {k: v for k, v in (("ort", onnx_file), ("ort-portable", portable_file)) if v is not None}
         report = B.run_bench(model, weights, backends=blist_backends, batches=blist, sizes=sizes, precisions=plist,
-                             threads=threads, warmup=warmup, iters=iters, seconds=seconds, onnx_files=files, engine=engine,
+                             threads=threads, allow_nonfinite=allow_nonfinite, warmup=warmup, iters=iters, seconds=seconds,
+                             onnx_files=files, engine=engine,
                              progress=lambda m, done, total: prog.update(task, completed=done, description=m))
     data = report.to_dict()
     table = Table(title=f"DefMamba-{report.model} latency on {data['machine']['cpu']} ({data['machine']['cores']} cores)")
@@ -525,6 +547,20 @@ def build_engine_cmd(
     if info.fp32_layers:
         console.print(f"kept float32 ({len(info.fp32_layers)}): " + ", ".join(info.fp32_layers[:12])
                       + (" ..." if len(info.fp32_layers) > 12 else ""), highlight=False)
+
+
+def pre_options(interpolation: Optional[str], crop_pct: Optional[float]) -> dict:
+    """The preprocessing options given on the command line (the library's defaults otherwise)."""
+    return {k: v for k, v in (("interpolation", interpolation), ("crop_pct", crop_pct)) if v is not None}
+
+
+def _check_outputs(*paths: Optional[Path]) -> None:
+    """Refuse an output that cannot be written before the work that produces it ('-' = stdout)."""
+    from .files import check_writable
+
+    for p in paths:
+        if p is not None and str(p) != "-":
+            check_writable(p, fix="choose another path")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -25,6 +25,12 @@ class CheckpointError(DefMambaError, ValueError):
     exit_code = 3
 
 
+class OutputError(DefMambaError):
+    """A model whose output cannot be used (NaN or inf logits): damaged weights or an overflow."""
+
+    exit_code = 1
+
+
 class MissingDependencyError(DefMambaError, ImportError):
     """An optional dependency or a built library that is not available."""
 

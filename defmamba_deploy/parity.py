@@ -167,6 +167,7 @@ def run_parity(
     *,
     ema: bool = False,
     unsafe_pickle: bool = False,
+    allow_nonfinite: bool = False,
     onnx: str | os.PathLike | None = None,
     portable_onnx: str | os.PathLike | None = None,
     backends: Sequence[str] = ("torch", "ort", "ort-portable"),
@@ -217,7 +218,8 @@ def run_parity(
         return files.get(b.file_kind) if b.file_kind else None
 
     with tempfile.TemporaryDirectory(prefix="defmamba_parity_") as tmp:
-        base = BackendRequest(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, img_size=tuple(img_size),
+        base = BackendRequest(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, allow_nonfinite=allow_nonfinite,
+                              img_size=tuple(img_size),
                               batches=tuple(batches), threads=threads, library=library, workdir=Path(tmp),
                               backbone=backbone, use_exported=use_exported, progress=say)
         requests = {b.name: replace(base, file=file_for(b)) for b in chosen}

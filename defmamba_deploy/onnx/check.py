@@ -66,6 +66,9 @@ def load_onnx(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto
         except onnx.checker.ValidationError as e:
             first = str(e).strip().splitlines()[0][:200]
             raise UsageError(f"{path} is not a valid ONNX model ({first}): {REEXPORT}") from None
+        except (UnicodeDecodeError, ValueError, RuntimeError) as e:  # damaged bytes inside a name or string field
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UsageError(f"{path} is not a valid ONNX model (damaged: {type(e).__name__}: {first}): {REEXPORT}") from None
     return model
 
 

@@ -19,9 +19,10 @@ import onnx
 import torch
 
 from .. import __version__
-from ..data import preprocessing_record
+from ..data import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, check_crop_pct, check_interpolation,
+                    preprocessing_record)
 from ..errors import UsageError
-from ..files import write_pair
+from ..files import check_writable, write_pair
 from ..model import MIN_INPUT_SIZE, check_input_size, create_model, resolve_name, short_name
 from ..ops import use_implementations
 from .check import custom_ops_used
@@ -72,6 +73,7 @@ def export_onnx(
     *,
     ema: bool = False,
     unsafe_pickle: bool = False,
+    allow_nonfinite: bool = False,
     img_size: tuple[int, int] = (224, 224),
     batch: int = 1,
     dynamic: str = "batch",
@@ -79,18 +81,28 @@ def export_onnx(
     portable: bool = False,
     backbone: bool = False,
     output: str | os.PathLike | None = None,
+    interpolation: str = DEFAULT_INTERPOLATION,
+    crop_pct: float = DEFAULT_CROP_PCT,
 ) -> ExportResult:
     """Export DefMamba ``model`` to ONNX and return the file, its sidecar path and contents.
 
     ``dynamic``: ``batch`` (dynamic batch), ``shape`` (dynamic batch, height and width) or ``none``.
     ``portable``: standard ONNX ops only (runs in a stock onnxruntime, slower).
+    ``interpolation``, ``crop_pct``: the preprocessing the sidecar records for readers (``Predictor``);
+    the defaults are the authors' evaluation transform (docs/model.md, Input and preprocessing).
     """
     _validate(img_size, batch, dynamic, opset)
+    check_interpolation(interpolation)
+    check_crop_pct(crop_pct)
     name = resolve_name(model)
     out = Path(output) if output is not None else default_output(name, portable, backbone)
     if out.suffix != ".onnx":
         raise UsageError(f"output {out} must end in .onnx")
-    net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, backbone=backbone, seed=RANDOM_INIT_SEED)
+    # before the export (minutes for the larger variants), not after it
+    check_writable(out, "ONNX output", fix="choose another --output")
+    check_writable(sidecar_path(out), "sidecar", fix="choose another --output")
+    net = create_model(name, weights, ema=ema, unsafe_pickle=unsafe_pickle, allow_nonfinite=allow_nonfinite,
+                       backbone=backbone, seed=RANDOM_INIT_SEED)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, *img_size, generator=g)
     output_names = [f"feat{i}" for i in range(4)] if backbone else ["logits"]
@@ -146,7 +158,7 @@ def export_onnx(
         "export_batch": batch,
         "min_input_size": MIN_INPUT_SIZE,
         "input_check_in_graph": dynamic == "shape",
-        "preprocessing": preprocessing_record(img_size, net.cfg.mean, net.cfg.std),
+        "preprocessing": preprocessing_record(img_size, net.cfg.mean, net.cfg.std, interpolation, crop_pct),
         "weights": weights_info,
         "torch": torch.__version__,
         "onnx": onnx.__version__,

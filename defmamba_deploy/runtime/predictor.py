@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from .base import Runner
 from .onnxrt import OrtRunner
 
@@ -163,6 +163,10 @@ def top_k(logits: np.ndarray, topk: int, labels: Sequence[str] | None = None) ->
     check_topk(topk)
     topk = int(topk)
     logits = np.asarray(logits, dtype=np.float64)
+    bad = ~np.isfinite(logits).all(axis=-1)
+    if bad.any():  # a softmax of NaN is NaN: a service must not answer with "prob": NaN
+        raise OutputError(f"the model returned NaN/inf logits for {int(bad.sum())} of {len(bad)} image(s) (first: "
+                          f"#{int(np.argmax(bad))}): its weights are damaged or it overflowed on that input")
     z = logits - logits.max(-1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
     k = min(topk, probs.shape[-1])

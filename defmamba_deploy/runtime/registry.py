@@ -39,6 +39,7 @@ class BackendRequest:
     weights: str | os.PathLike | None = None
     ema: bool = False
     unsafe_pickle: bool = False
+    allow_nonfinite: bool = False  # load a checkpoint with NaN/inf weights anyway
     img_size: tuple[int, int] = (224, 224)
     precision: str = "fp32"
     batches: Sequence[int] = (1,)

@@ -71,6 +71,7 @@ def _create(request: BackendRequest) -> TorchRunner:
     if request.precision == "fp16" and device == "cpu":
         raise Unavailable("fp16 eager needs a CUDA device (CPU half is emulated and not a deployment target)")
     net = create_model(request.model, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle,
+                       allow_nonfinite=request.allow_nonfinite,
                        seed=RANDOM_INIT_SEED, backbone=request.backbone)
     return TorchRunner(net, device=device, half=request.precision == "fp16", threads=request.threads)
 

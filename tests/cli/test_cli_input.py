@@ -235,3 +235,101 @@ def test_sigterm_during_a_command(tmp_path):
     lines = [line for line in err.splitlines() if line.strip().startswith("error:")]
     assert lines == ["error: terminated"] and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --- outputs that cannot be written: refused before the work ------------------------------------
+
+def _unwritable(kind: str, tmp_path: Path, name: str) -> Path:
+    if kind == "folder":
+        (tmp_path / name).mkdir()
+        return tmp_path / name
+    if kind == "parent-is-file":
+        (tmp_path / "file").write_text("x")
+        return tmp_path / "file" / name
+    if kind == "name-too-long":
+        return tmp_path / ("n" * 300 + Path(name).suffix)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["folder", "parent-is-file", "name-too-long"])
+@pytest.mark.parametrize("cmd", ["export", "bench --json", "bench --csv", "bench --plot", "parity --json"])
+def test_unwritable_output_fails_first(cmd, kind, tmp_path):
+    name = {"export": "m.onnx", "bench --plot": "p.png"}.get(cmd, "out.json")
+    out = _unwritable(kind, tmp_path, name)
+    before = sorted(tmp_path.rglob("*"))
+    args = {"export": ["export", "-m", "t", "-o", str(out)]}.get(cmd) or [*cmd.split(), str(out), "-m", "t"]
+    t0 = time.perf_counter()
+    line = one_line_error(invoke(*args))
+    assert "cannot write" in line and str(out)[:60] in line
+    assert time.perf_counter() - t0 < 30  # before the export or the benchmark, not after
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_plot_with_an_unknown_ending_fails_first(tmp_path):
+    line = one_line_error(invoke("bench", "-m", "t", "--plot", str(tmp_path / "p.txt")))
+    assert ".png" in line
+
+
+# --- damaged checkpoints: refused by default, named opt-out ---------------------------------------
+
+def test_nonfinite_weights_refused_with_an_opt_out(tmp_path, image):
+    import torch
+
+    import defmamba_deploy as dd
+
+    sd = dd.create_model("t").state_dict()
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 4)
+    sd[key].view(-1)[:3] = float("nan")
+    w = tmp_path / "nan.pth"
+    torch.save(sd, w)
+    for cmd in (["predict", "-m", "t", "--img-size", "48", "-w", str(w), str(image)],
+                ["export", "-m", "t", "-w", str(w), "-o", str(tmp_path / "m.onnx")],
+                ["parity", "-m", "t", "-w", str(w), "--backends", "torch", "--samples", "1", "--img-size", "48"],
+                ["bench", "-m", "t", "-w", str(w), "--backends", "torch", "--img-size", "48", "--iters", "1"]):
+        line = one_line_error(invoke(*cmd), code=3)
+        assert key in line and "--allow-nonfinite" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pth"]
+    # with the opt-out the file loads; its NaN logits are then refused by the output check instead
+    r = invoke("predict", "-m", "t", "--img-size", "48", "-w", str(w), "--allow-nonfinite", str(image))
+    assert r.exit_code != 3, r.output
+
+
+# --- preprocessing options, non-finite outputs ------------------------------------------------------
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--interpolation", "cubic"], "interpolation must be one of"),
+    (["--crop-pct", "2"], "crop_pct must be in (0, 1]"),
+    (["--crop-pct", "nan"], "crop_pct"),
+])
+@pytest.mark.parametrize("cmd", ["predict", "export"])
+def test_bad_preprocessing_options(cmd, args, fragment, tmp_path, image):
+    base = ["predict", "-m", "t", "--img-size", "48", str(image)] if cmd == "predict" else \
+        ["export", "-m", "t", "-o", str(tmp_path / "m.onnx")]
+    assert fragment in one_line_error(invoke(*base, *args))
+    assert not list(tmp_path.iterdir())
+
+
+def test_interpolation_reaches_the_model(image):
+    import json
+
+    def probs(*extra):
+        r = invoke("predict", "-m", "t", "--img-size", "48", "--json", "--topk", "3", *extra, str(image))
+        assert r.exit_code == 0, r.output
+        return [t["prob"] for t in json.loads(r.stdout)[0]["top"]]
+
+    assert probs() == probs("--interpolation", "bilinear")
+    assert probs() != probs("--interpolation", "nearest")
+
+
+def test_nan_logits_are_an_error_not_an_answer():
+    from defmamba_deploy.errors import OutputError
+    from defmamba_deploy.runtime.predictor import top_k
+
+    logits = np.zeros((3, 10), np.float32)
+    logits[1, 4] = np.nan
+    with pytest.raises(OutputError, match="1 of 3 image"):
+        top_k(logits, 5)
+    logits[1, 4] = np.inf
+    with pytest.raises(OutputError):
+        top_k(logits, 5)
+    assert len(top_k(np.zeros((2, 10)), 5)) == 2

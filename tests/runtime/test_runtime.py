@@ -240,13 +240,15 @@ def test_sidecar_problem():
 
 
 def test_sidecar_reading(tmp_path):
-    """A missing, broken or foreign sidecar reads as None; from_dict names what is wrong."""
+    """A missing sidecar reads as None; a broken one is an error naming it (a reader that relies on
+    its preprocessing must not silently fall back to defaults); from_dict names what is wrong."""
     from defmamba_deploy.onnx.sidecar import OnnxSidecar
 
     f = tmp_path / "m.onnx"
     assert OnnxSidecar.read(f) is None
     (tmp_path / "m.onnx.json").write_text("{broken")
-    assert OnnxSidecar.read(f) is None
+    with pytest.raises(dd.UsageError, match=r"ONNX sidecar \S+m\.onnx\.json is not valid JSON .*delete it or re-export"):
+        OnnxSidecar.read(f)
     with pytest.raises(dd.UsageError, match="lacks variant"):
         OnnxSidecar.from_dict({"inputs": [], "outputs": []})
     with pytest.raises(dd.UsageError, match="format"):
