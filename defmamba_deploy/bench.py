@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__, checks
 from .errors import MissingDependencyError, UsageError
-from .files import atomic_write_with
+from .files import atomic_write_with, check_writable
 from .runtime.registry import PRECISIONS
 
 
@@ -318,6 +318,7 @@ def check_plot(path: str | os.PathLike):
     the CLI calls it before the benchmark so that a bad --plot fails in a second, not after it."""
     if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise UsageError(f"--plot {path}: the file must end in {', '.join(PLOT_SUFFIXES)}")
+    check_writable(path, "plot", fix="choose another --plot")
     try:
         import matplotlib
 

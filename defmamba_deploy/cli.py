@@ -508,6 +508,7 @@ def build_engine_cmd(
     onnx_file: Optional[Path] = typer.Argument(None, help="ONNX file from `export` (default: export --model now)."),
     model: str = ModelOpt,
     weights: Optional[Path] = WeightsOpt,
+    allow_nonfinite: bool = NonFiniteOpt,
     fp16: bool = typer.Option(False, "--fp16", help="FP16 engine (TensorRT 10: builder flag; 11: converted ONNX)."),
     int8: bool = typer.Option(False, "--int8", help="INT8 engine (TensorRT 10: entropy calibrator; 11: Q/DQ ONNX)."),
     calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="Folder of calibration photos (INT8)."),
@@ -537,7 +538,7 @@ def build_engine_cmd(
     if fp16 and int8:
         raise UsageError("choose one of --fp16 and --int8 (INT8 engines keep FP16 for the layers that are not quantised)")
     out, info = build_engine_for_cli(
-        onnx_file, model=model, weights=weights, precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        onnx_file, model=model, weights=weights, allow_nonfinite=allow_nonfinite, precision="int8" if int8 else "fp16" if fp16 else "fp32",
         calib_images=calib_images, calib_samples=calib_samples, calib_batch=calib_batch, preset=preset,
         min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, workspace_gib=workspace, timing_cache=timing_cache,
         plugins=plugins, output=output, strongly_typed=strongly_typed, verbose=verbose,

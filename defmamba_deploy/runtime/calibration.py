@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from ..errors import MissingDependencyError, UsageError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, check_writable
 from ..onnx.precision import DEFAULT_POLICY, Fp32Policy
 from ..onnx.qdq import (QUANT_OPS, Int8Plan, Int8Report, check_method, graph_hashes, insert_qdq, plan_int8,
                         read_cache, write_cache)
@@ -148,7 +148,7 @@ def quantize_int8(
     hashes = graph_hashes(plan.model)
     amax, why = None, "missing"
     if cache_path is not None:
-        cache_path = Path(cache_path)
+        cache_path = check_writable(cache_path, "calibration cache")  # before calibrating, not after
         report.cache_path = str(cache_path)
         amax, why = read_cache(cache_path, hashes, calibration, pct, plan.activations)
         if amax is not None:

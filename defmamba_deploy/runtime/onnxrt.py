@@ -190,7 +190,8 @@ def _onnx_for(request: BackendRequest, portable: bool) -> Path:
                                     f"{'_backbone' if request.backbone else ''}.onnx")
     if not path.exists():
         request.progress(f"exporting {form} ONNX for {'ort-portable' if portable else 'ort'}")
-        export_onnx(request.model, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle, img_size=size,
+        export_onnx(request.model, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle,
+                    allow_nonfinite=request.allow_nonfinite, img_size=size,
                     dynamic="batch", portable=portable, backbone=request.backbone, output=path)
     return path
 
@@ -203,6 +204,8 @@ def _create(portable: bool):
             return OrtRunner(path, threads=request.threads, library=None if portable else request.library,
                              name="ort-portable" if portable else "ort")
         except MissingDependencyError as e:
+            if request.library is not None:  # a library the user named is an error, not a backend to skip
+                raise
             raise Unavailable(str(e)) from None
 
     return create

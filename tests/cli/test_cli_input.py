@@ -333,3 +333,12 @@ def test_nan_logits_are_an_error_not_an_answer():
     with pytest.raises(OutputError):
         top_k(logits, 5)
     assert len(top_k(np.zeros((2, 10)), 5)) == 2
+
+
+def test_a_named_plugin_library_that_is_not_one_is_an_error(tmp_path):
+    """A library the user names is an error when unusable (a backend found missing on its own is skipped)."""
+    fake = tmp_path / "libfake.so"
+    fake.write_text("not a library")
+    line = one_line_error(invoke("parity", "-m", "t", "--backends", "ort", "--plugins", str(fake), "--samples", "1",
+                                 "--img-size", "48", "--batch", "1", "--reexport"))
+    assert "not a shared library" in line and str(fake) in line

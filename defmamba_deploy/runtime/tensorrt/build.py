@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ... import __version__
+from ... import __version__, checks
 from ...errors import UsageError
 from ...files import atomic_write_bytes, check_writable, read_json, require_file, sha256_file, write_pair
 from ...model import MIN_INPUT_SIZE
@@ -250,11 +250,13 @@ def check_engine_compatible(info: EngineInfo, tensorrt_version: str, compute_cap
 
 # --- the build itself (needs TensorRT and a GPU) --------------------------------------------------------
 
+MAX_WORKSPACE_GIB = 1024.0  # beyond any GPU's memory: a larger value is a typo
+
+
 def _validate_build(precision: str, workspace_gib: float) -> None:
     if precision not in PRECISIONS:
         raise UsageError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if not workspace_gib > 0:
-        raise UsageError(f"--workspace must be > 0 GiB, got {workspace_gib}")
+    checks.number(workspace_gib, "--workspace (GiB)", low=0, low_open=True, high=MAX_WORKSPACE_GIB)
 
 
 def _has_int8_cache(calibration_cache) -> bool:
@@ -469,6 +471,7 @@ def build_engine_for_cli(
     *,
     model: str = "s",
     weights: str | os.PathLike | None = None,
+    allow_nonfinite: bool = False,
     precision: str = "fp32",
     calib_images: str | os.PathLike | None = None,
     calib_samples: int | None = None,
@@ -514,10 +517,8 @@ def build_engine_for_cli(
             raise UsageError(f"{onnx_file} is not an .onnx file: build-engine takes the ONNX file from export")
     if calib_images is not None and precision != "int8":
         raise UsageError("--calib-images is for --int8 engines")
-    if calib_batch < 1:
-        raise UsageError(f"--calib-batch must be >= 1, got {calib_batch}")
-    if calib_samples is not None and calib_samples < 1:
-        raise UsageError(f"--calib-samples must be >= 1, got {calib_samples}")
+    checks.count(calib_batch, "--calib-batch")
+    checks.optional_count(calib_samples, "--calib-samples")
     if timing_cache is not None and Path(timing_cache).exists() and not Path(timing_cache).is_file():
         raise UsageError(f"--timing-cache {timing_cache} is not a file")
     side = _sidecar_of(onnx_file, variant) if onnx_file is not None else None
@@ -541,7 +542,8 @@ def build_engine_for_cli(
             size = tuple(int(v) for v in p.get("img_size", (224, 224)))
             dynamic, batch = p.get("dynamic", "batch"), int(p.get("batch", 1))
             say(f"exporting DefMamba-{variant} ({size[0]}x{size[1]}, --dynamic {dynamic})")
-            onnx_file = export_onnx(variant, weights, img_size=size, batch=batch, dynamic=dynamic,
+            onnx_file = export_onnx(variant, weights, allow_nonfinite=allow_nonfinite, img_size=size, batch=batch,
+                                    dynamic=dynamic,
                                     opset=int(p.get("opset", 17)), output=Path(tmp) / "model.onnx").path
             side = read_sidecar(onnx_file)
         prof = compute_profile(side, preset=preset_data, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape)
@@ -549,7 +551,9 @@ def build_engine_for_cli(
         if precision == "int8" and calib_images is not None:
             from ...data import calibration_batches
 
-            calib = calibration_batches(calib_images, prof.opt[2:], calib_batch, calib_samples)
+            pre = side.preprocessing or {}  # calibrate on the pixels the engine will be given
+            calib = calibration_batches(calib_images, prof.opt[2:], calib_batch, calib_samples,
+                                        **{k: pre[k] for k in ("interpolation", "crop_pct") if k in pre})
         info = build_engine(onnx_file, out, precision=precision, profile=prof, workspace_gib=workspace_gib,
                             timing_cache=timing_cache, plugins=plugins, calibration=calib, calibration_cache=cache,
                             strongly_typed=strongly_typed, verbose=verbose, progress=progress)

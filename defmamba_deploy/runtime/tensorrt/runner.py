@@ -236,7 +236,8 @@ def _onnx_for(request: BackendRequest, variant: str, size: tuple[int, int], tag:
             load_report=getattr(request, "load_report", None), img_sizes=[size], batches=request.batches)
     if why is not None:
         request.progress(f"exporting DefMamba-{variant} ONNX for trt ({size[0]}x{size[1]})")
-        export_onnx(variant, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle, img_size=size,
+        export_onnx(variant, request.weights, ema=request.ema, unsafe_pickle=request.unsafe_pickle,
+                    allow_nonfinite=request.allow_nonfinite, img_size=size,
                     dynamic="batch", backbone=request.backbone, output=path)
     return path
 
