@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
+from ..data import INTERPOLATIONS
 from ..errors import UsageError
 from ..files import read_json
 from ..model import list_models
@@ -22,7 +23,6 @@ FORMAT = "defmamba-deploy/onnx-sidecar/1"
 RANDOM_INIT_SEED = 0  # without weights, the random init is seeded so parity/bench can rebuild it
 FIX = "delete it or re-export the model"
 DYNAMIC_MODES = ("batch", "shape", "none")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # PIL's resampling filters
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:
