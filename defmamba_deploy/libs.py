@@ -105,6 +105,20 @@ def find_library(kind: str, path: str | os.PathLike | None = None, *, required: 
     return None
 
 
+def get_library_path(path: str | os.PathLike | None = None) -> str:
+    """The ONNX Runtime custom-op library (``libdefmamba_ort_ops.so``) as a ``str``, for
+    ``SessionOptions.register_custom_ops_library(get_library_path())``: ORT takes only a string, not
+    a ``Path``. Found as :func:`find_library` finds it; a MissingDependencyError when it is not built."""
+    return str(find_library("ort", path))
+
+
+def get_trt_plugin_library_path(path: str | os.PathLike | None = None) -> str:
+    """The TensorRT plugin library (``libdefmamba_trt_plugins.so``) as a ``str``, for
+    ``trt.get_plugin_registry().load_library(...)`` or ``ctypes.CDLL``; a MissingDependencyError
+    when it is not built."""
+    return str(find_library("trt", path))
+
+
 def library_status() -> dict[str, str]:
     """{'ort': path or 'not built' or the problem, 'trt': ...} for `defmamba-deploy info`."""
     out = {}

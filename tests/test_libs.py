@@ -109,3 +109,31 @@ def test_ort_refusing_a_library_is_one_line(search, tmp_path):
     if exe:
         with pytest.raises(dd.MissingDependencyError, match="onnxruntime could not load the custom-op library"):
             create_session(model, library=exe)
+
+
+def test_the_library_paths_are_strings_or_one_line(search):
+    """get_library_path / get_trt_plugin_library_path give str (what ORT and TensorRT take), found like
+    find_library, and the same one-line MissingDependencyError when nothing is built."""
+    with pytest.raises(dd.MissingDependencyError, match=r"^ONNX Runtime custom ops library libdefmamba_ort_ops\.so "
+                                                         r"not found .*build it with"):
+        dd.get_library_path()
+    with pytest.raises(dd.MissingDependencyError, match=r"^TensorRT plugins library libdefmamba_trt_plugins\.so not found"):
+        dd.get_trt_plugin_library_path()
+    for name, getter in (("libdefmamba_ort_ops.so", dd.get_library_path),
+                         ("libdefmamba_trt_plugins.so", dd.get_trt_plugin_library_path)):
+        (search / "pkg" / name).write_bytes(ELF)
+        path = getter()
+        assert isinstance(path, str) and path == str((search / "pkg" / name).resolve())
+    explicit = search / "explicit.so"
+    explicit.write_bytes(ELF)
+    assert dd.get_library_path(explicit) == str(explicit.resolve())
+
+
+def test_the_library_path_registers_with_onnxruntime():
+    """The onnxruntime-extensions convention: SessionOptions.register_custom_ops_library takes a str, and
+    get_library_path() is one."""
+    ort = pytest.importorskip("onnxruntime")
+    if libs.find_library("ort", required=False) is None:
+        pytest.skip("libdefmamba_ort_ops.so is not built (bash scripts/build_plugins.sh)")
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(dd.get_library_path())

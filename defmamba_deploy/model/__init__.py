@@ -1,10 +1,15 @@
-"""The DefMamba reference model: variants, checkpoint loading and the ``create_model`` factory."""
+"""The DefMamba reference model: variants, checkpoint loading and the ``create_model`` factory.
+
+The variant registry and the input-size rule (:mod:`.config`, :mod:`.registry`) load without
+torch; the network and checkpoint names (``DefMamba``, ``load_checkpoint`` ...) are imported on
+first use, so that the ONNX Runtime side of the package can use this package without PyTorch.
+"""
 from __future__ import annotations
 
+import importlib
 import os
 
-from .checkpoint import LoadReport, guess_variant, load_checkpoint, read_state_dict
-from .defmamba import MIN_INPUT_SIZE, DefMamba, DefMambaBackbone, DefMambaConfig, check_input_size
+from .config import MIN_INPUT_SIZE, DefMambaConfig, check_input_size
 from .registry import get_config, list_models, resolve_name, short_name
 
 __all__ = [
@@ -12,6 +17,30 @@ __all__ = [
     "get_config", "resolve_name", "short_name", "DefMamba", "DefMambaBackbone", "DefMambaConfig",
     "MIN_INPUT_SIZE", "check_input_size",
 ]
+
+# imported by __getattr__ on first use: both modules import torch
+_CHECKPOINT_NAMES = ("load_checkpoint", "read_state_dict", "guess_variant", "LoadReport")
+_NETWORK_NAMES = ("DefMamba", "DefMambaBackbone")
+
+
+def __getattr__(name: str):
+    if name in _CHECKPOINT_NAMES or name in _NETWORK_NAMES:
+        from . import checkpoint, defmamba
+
+        value = getattr(checkpoint if name in _CHECKPOINT_NAMES else defmamba, name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("_"):  # a submodule not imported yet, as ``pkg.submodule`` always worked
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def create_model(
@@ -34,6 +63,9 @@ def create_model(
     ``seed`` makes a random initialisation reproducible (the global RNG is left untouched), so that
     separately built copies, e.g. an exported file and a parity reference, hold the same weights.
     """
+    from .checkpoint import load_checkpoint
+    from .defmamba import DefMamba, DefMambaBackbone
+
     cfg = get_config(name)
     if num_classes is not None:
         from dataclasses import replace

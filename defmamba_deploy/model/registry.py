@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UsageError
-from .defmamba import DefMambaConfig
+from .config import DefMambaConfig
 
 _CONFIGS: dict[str, DefMambaConfig] = {
     "tiny": DefMambaConfig("tiny", embed_dim=48, depths=(2, 2, 5, 2), drop_path_rate=0.2, params=7_547_878),

@@ -20,7 +20,6 @@ from ..errors import MissingDependencyError, UsageError
 from ..files import check_writable
 from ..libs import find_library
 from ..onnx import custom_ops_used, load_onnx, read_sidecar
-from ..onnx.export import default_output, export_onnx
 from .base import Runner
 from .registry import Backend, BackendRequest, Unavailable, register_backend
 
@@ -165,6 +164,9 @@ def check_given_onnx(request: BackendRequest) -> None:
 def _onnx_for(request: BackendRequest, portable: bool) -> Path:
     """The ONNX file a runner of ``request`` uses: the given one (checked against the request), the one
     ``defmamba-deploy export`` wrote in the current folder when it matches, or a fresh export."""
+    # here, not at the top: the exporter imports torch, which serving an ONNX file must not need
+    from ..onnx import default_output, export_onnx
+
     form = "portable" if portable else "custom-op"
     size = tuple(request.img_size)
     if request.file is not None:

@@ -138,6 +138,7 @@ def test_a_broken_sidecar_beside_the_exported_file_is_a_mismatch(tmp_path, monke
     """ort/parity may use ./defmamba_t.onnx when it matches: a broken sidecar means "does not match" (a fresh
     export is used), not a failure of the whole run."""
     pytest.importorskip("onnxruntime")
+    import defmamba_deploy.onnx as onnx_pkg
     from defmamba_deploy.runtime import onnxrt
     from defmamba_deploy.runtime.registry import BackendRequest
 
@@ -145,7 +146,7 @@ def test_a_broken_sidecar_beside_the_exported_file_is_a_mismatch(tmp_path, monke
     (tmp_path / "defmamba_t.onnx").write_bytes(b"model")
     (tmp_path / "defmamba_t.onnx.json").write_text("{broken")
     exported, said = [], []
-    monkeypatch.setattr(onnxrt, "export_onnx", lambda *a, **k: exported.append(k["output"]))
+    monkeypatch.setattr(onnx_pkg, "export_onnx", lambda *a, **k: exported.append(k["output"]))
     request = BackendRequest(model="tiny", use_exported=True, workdir=tmp_path / "work", progress=said.append)
     path = onnxrt._onnx_for(request, portable=False)
     assert exported == [path] and path.parent == tmp_path / "work"
