@@ -12,11 +12,11 @@ The model names are imported on first use (PEP 562), so ``import defmamba_deploy
 """
 from __future__ import annotations
 
-import importlib
 
 __version__ = "0.1.0"
 
 from .errors import CheckpointError, DefMambaError, MissingDependencyError, UsageError
+from .lazy import lazy_attributes
 from .libs import get_library_path, get_trt_plugin_library_path
 
 __all__ = [
@@ -27,21 +27,10 @@ __all__ = [
 _MODEL_NAMES = ("create_model", "load_checkpoint", "list_models")  # imported by __getattr__ on first use
 
 
-def __getattr__(name: str):
-    if name in _MODEL_NAMES:
-        from . import model
+def _model():
+    from . import model
 
-        value = getattr(model, name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    if not name.startswith("_"):  # a submodule not imported yet, as ``pkg.submodule`` always worked
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return model
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), dict.fromkeys(_MODEL_NAMES, _model), __all__)

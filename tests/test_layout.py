@@ -1,7 +1,7 @@
 """The package's layering (DEVELOPERS.md): each module imports only modules of its own or lower layers.
 
-    0  errors, checks, machine,      utilities (argument checks, plugin-library discovery, image loading,
-       libs, data, files             the one file writer)
+    0  errors, checks, lazy,         utilities (argument checks, lazy package names, plugin-library discovery,
+       machine, libs, data, files    image loading, the one file writer)
     1  ops                           the three ops as PyTorch functions (the semantic reference)
     2  model (and the package root)  DefMamba, checkpoints
     3  onnx                          schemas, symbolics, export, portable expansion, precision
@@ -19,7 +19,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "defmamba_deploy"
 LAYERS = {
-    "errors": 0, "checks": 0, "machine": 0, "libs": 0, "data": 0, "files": 0,
+    "errors": 0, "checks": 0, "lazy": 0, "machine": 0, "libs": 0, "data": 0, "files": 0,
     "ops": 1,
     "model": 2, "": 2,  # "" = the package root (__version__, re-exports of model and errors)
     "onnx": 3,

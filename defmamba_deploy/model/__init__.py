@@ -6,9 +6,9 @@ first use, so that the ONNX Runtime side of the package can use this package wit
 """
 from __future__ import annotations
 
-import importlib
 import os
 
+from ..lazy import lazy_attributes
 from .config import MIN_INPUT_SIZE, DefMambaConfig, check_input_size
 from .registry import get_config, list_models, resolve_name, short_name
 
@@ -23,24 +23,20 @@ _CHECKPOINT_NAMES = ("load_checkpoint", "read_state_dict", "guess_variant", "Loa
 _NETWORK_NAMES = ("DefMamba", "DefMambaBackbone")
 
 
-def __getattr__(name: str):
-    if name in _CHECKPOINT_NAMES or name in _NETWORK_NAMES:
-        from . import checkpoint, defmamba
+def _checkpoint():
+    from . import checkpoint
 
-        value = getattr(checkpoint if name in _CHECKPOINT_NAMES else defmamba, name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    if not name.startswith("_"):  # a submodule not imported yet, as ``pkg.submodule`` always worked
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return checkpoint
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+def _network():
+    from . import defmamba
+
+    return defmamba
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {**dict.fromkeys(_CHECKPOINT_NAMES, _checkpoint),
+                                                             **dict.fromkeys(_NETWORK_NAMES, _network)}, __all__)
 
 
 def create_model(

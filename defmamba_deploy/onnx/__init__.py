@@ -5,8 +5,8 @@ Reading, checking and describing ONNX files needs only the ``onnx`` package; the
 """
 from __future__ import annotations
 
-import importlib
 
+from ..lazy import lazy_attributes
 from .check import custom_ops_used, load_onnx
 from .sidecar import OnnxSidecar, read_sidecar, sidecar_path
 from .schemas import DOMAIN, OP_SPECS, VERSION, register_schemas
@@ -19,21 +19,10 @@ __all__ = [
 _EXPORT_NAMES = ("export_onnx", "ExportResult", "default_output")  # imported by __getattr__ on first use
 
 
-def __getattr__(name: str):
-    if name in _EXPORT_NAMES:
-        from . import export
+def _export():
+    from . import export
 
-        value = getattr(export, name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    if not name.startswith("_"):  # a submodule not imported yet, as ``pkg.submodule`` always worked
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return export
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), dict.fromkeys(_EXPORT_NAMES, _export), __all__)
