@@ -76,6 +76,9 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+_EXPORT_DEPENDENCIES = ("torch", "onnxscript")  # the [export] extra
+
+
 def handle_errors(fn):
     """Turn DefMambaError (and a few obvious environment errors) into a one-line message + exit code."""
 
@@ -91,6 +94,11 @@ def handle_errors(fn):
             fail("terminated", 143)
         except MemoryError:
             fail("out of memory: use a smaller --batch or --img-size (or a machine with more memory)", 2)
+        except ModuleNotFoundError as e:
+            if e.name not in _EXPORT_DEPENDENCIES:
+                raise
+            fail(f"this command needs {e.name}, which a service install leaves out: pip install torch==2.13.0 "
+                 f"(the CPU wheel), then pip install 'defmamba-deploy[export]'", 2)
 
     return wrapper
 

@@ -176,7 +176,7 @@ def insert_qdq(plan: Int8Plan, amax: dict[str, float], report: Int8Report | None
     except ImportError:
         from ..errors import MissingDependencyError
 
-        raise MissingDependencyError("INT8 quantisation needs onnxruntime: pip install 'onnxruntime>=1.29'") from None
+        raise MissingDependencyError("INT8 quantisation needs onnxruntime: pip install 'defmamba-deploy[cpu]' (or [gpu])") from None
     report = report or Int8Report()
     bad = [t for t in plan.activations if not np.isfinite(amax[t])]
     if bad:

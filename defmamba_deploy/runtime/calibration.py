@@ -37,7 +37,7 @@ def _quantization():
     try:
         import onnxruntime.quantization as q
     except ImportError:
-        raise MissingDependencyError("calibration needs onnxruntime: pip install 'onnxruntime>=1.29'") from None
+        raise MissingDependencyError("calibration needs onnxruntime: pip install 'defmamba-deploy[cpu]' (or [gpu])") from None
     return q
 
 

@@ -28,7 +28,8 @@ def _ort():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise MissingDependencyError("onnxruntime is not installed: pip install 'onnxruntime>=1.29'") from None
+        raise MissingDependencyError("onnxruntime is not installed: pip install 'defmamba-deploy[cpu]' (or [gpu] for "
+                                     "onnxruntime-gpu; never both)") from None
     return ort
 
 

@@ -342,3 +342,14 @@ def test_a_named_plugin_library_that_is_not_one_is_an_error(tmp_path):
     line = one_line_error(invoke("parity", "-m", "t", "--backends", "ort", "--plugins", str(fake), "--samples", "1",
                                  "--img-size", "48", "--batch", "1", "--reexport"))
     assert "not a shared library" in line and str(fake) in line
+
+
+def test_a_command_without_torch_says_which_extra(monkeypatch, image):
+    import defmamba_deploy.model as model_pkg
+
+    def no_torch(*a, **k):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(model_pkg, "create_model", no_torch)
+    line = one_line_error(invoke("predict", "-m", "t", "--img-size", "48", str(image)))
+    assert "defmamba-deploy[export]" in line and "torch==2.13.0" in line
