@@ -162,6 +162,13 @@ def check_given_onnx(request: BackendRequest) -> None:
                          f"{side.dynamic}); use that --img-size or re-export with --dynamic shape")
 
 
+def check_custom_op_request(request: BackendRequest) -> None:
+    """:func:`check_given_onnx`, and a library the user named must be one (before any export or run)."""
+    if request.library is not None:
+        find_library("ort", request.library)
+    check_given_onnx(request)
+
+
 def _onnx_for(request: BackendRequest, portable: bool) -> Path:
     """The ONNX file a runner of ``request`` uses: the given one (checked against the request), the one
     ``defmamba-deploy export`` wrote in the current folder when it matches, or a fresh export."""
@@ -215,6 +222,6 @@ def _create(portable: bool):
 
 
 register_backend(Backend("ort", "ONNX Runtime with the defmamba C++ custom ops", _create(False), file_kind="onnx",
-                         check=check_given_onnx))
+                         check=check_custom_op_request))
 register_backend(Backend("ort-portable", "ONNX Runtime on the standard-ops export (no library needed)", _create(True),
                          file_kind="onnx", portable=True, check=check_given_onnx))

@@ -5,7 +5,6 @@ files of the wrong kind, signals and running out of memory. Each case must fail 
 work starts, so none of these builds a model.
 """
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -39,6 +38,19 @@ def one_line_error(r, code=2) -> str:
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
     return errors[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Building a model fails the test: the case must be refused before any slow work starts."""
+    import defmamba_deploy.model as model_pkg
+    import defmamba_deploy.onnx.export as export_mod
+
+    def started(*a, **k):
+        raise AssertionError("the work started before the bad input was refused")
+
+    monkeypatch.setattr(model_pkg, "create_model", started)
+    monkeypatch.setattr(export_mod, "create_model", started)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +98,9 @@ BAD_NUMBERS = [
 
 
 @pytest.mark.parametrize("args,names", BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
-def test_bad_numbers_are_one_line(args, names):
-    t0 = time.perf_counter()
-    line = one_line_error(invoke(*args))
+def test_bad_numbers_are_one_line(args, names, no_work):
+    line = one_line_error(invoke(*args))  # refused up front: a NaN budget used to run for ever
     assert names in line
-    assert time.perf_counter() - t0 < 60  # refused up front: a NaN budget used to run for ever
 
 
 def test_api_refuses_non_finite_numbers():
@@ -253,15 +263,13 @@ def _unwritable(kind: str, tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["folder", "parent-is-file", "name-too-long"])
 @pytest.mark.parametrize("cmd", ["export", "bench --json", "bench --csv", "bench --plot", "parity --json"])
-def test_unwritable_output_fails_first(cmd, kind, tmp_path):
+def test_unwritable_output_fails_first(cmd, kind, tmp_path, no_work):
     name = {"export": "m.onnx", "bench --plot": "p.png"}.get(cmd, "out.json")
     out = _unwritable(kind, tmp_path, name)
     before = sorted(tmp_path.rglob("*"))
     args = {"export": ["export", "-m", "t", "-o", str(out)]}.get(cmd) or [*cmd.split(), str(out), "-m", "t"]
-    t0 = time.perf_counter()
-    line = one_line_error(invoke(*args))
+    line = one_line_error(invoke(*args))  # before the export or the benchmark, not after
     assert "cannot write" in line and str(out)[:60] in line
-    assert time.perf_counter() - t0 < 30  # before the export or the benchmark, not after
     assert sorted(tmp_path.rglob("*")) == before
 
 
@@ -335,12 +343,12 @@ def test_nan_logits_are_an_error_not_an_answer():
     assert len(top_k(np.zeros((2, 10)), 5)) == 2
 
 
-def test_a_named_plugin_library_that_is_not_one_is_an_error(tmp_path):
+def test_a_named_plugin_library_that_is_not_one_is_an_error(tmp_path, no_work):
     """A library the user names is an error when unusable (a backend found missing on its own is skipped)."""
     fake = tmp_path / "libfake.so"
     fake.write_text("not a library")
     line = one_line_error(invoke("parity", "-m", "t", "--backends", "ort", "--plugins", str(fake), "--samples", "1",
-                                 "--img-size", "48", "--batch", "1", "--reexport"))
+                                 "--img-size", "48", "--batch", "1", "--reexport"))  # before export and reference
     assert "not a shared library" in line and str(fake) in line
 
 
