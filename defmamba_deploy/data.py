@@ -439,3 +439,27 @@ def calibration_batches(folder: str | os.PathLike, size: int | Sequence[int], ba
     hw = check_size(size)
     opts = {"interpolation": interpolation, "crop_pct": crop_pct, "max_pixels": max_pixels}
     return [np.stack([preprocess(f, hw, **opts) for f in files[i : i + batch_size]]) for i in range(0, n, batch_size)]
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names, one per line, from a UTF-8 text file; one line naming the file when it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"labels file {path} is a folder: pass a text file with one class name per line")
+    if not path.is_file():
+        raise UsageError(f"labels file {path} does not exist: pass a text file with one class name per line")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"labels file {path} cannot be read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"labels file {path} is not UTF-8 text (byte {e.start}): pass a text file with one class "
+                         f"name per line") from None
+    if "\0" in text:
+        raise UsageError(f"labels file {path} is binary (holds NUL bytes): pass a text file with one class name per line")
+    names = text.splitlines()
+    if not any(n.strip() for n in names):
+        raise UsageError(f"labels file {path} is empty: pass a text file with one class name per line")
+    return names

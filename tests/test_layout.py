@@ -24,7 +24,7 @@ LAYERS = {
     "model": 2, "": 2,  # "" = the package root (__version__, re-exports of model and errors)
     "onnx": 3,
     "runtime": 4,
-    "parity": 5, "bench": 5, "bench_ops": 5,
+    "parity": 5, "bench": 5, "bench_ops": 5, "serve": 5,
     "cli": 6,
 }
 
@@ -79,9 +79,9 @@ def test_imports_go_down_the_layers(path):
 
 def test_the_check_sees_imports():
     """The parser finds relative, absolute and lazy imports (so the layering test can fail)."""
-    names = _imports(PACKAGE / "onnx" / "precision.py") | _imports(PACKAGE / "cli.py")
+    names = _imports(PACKAGE / "onnx" / "precision.py") | _imports(PACKAGE / "cli" / "__init__.py")
     assert "defmamba_deploy.libs" in names and "defmamba_deploy.errors" in names
-    assert any(n.startswith("defmamba_deploy.runtime") for n in _imports(PACKAGE / "cli.py"))
+    assert any(n.startswith("defmamba_deploy.runtime") for n in _imports(PACKAGE / "cli" / "__init__.py"))
     assert LAYERS[_unit("defmamba_deploy.runtime.onnxrt")] > LAYERS[_unit("defmamba_deploy.onnx.export")]
 
 

@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from . import __version__, checks
-from .errors import DefMambaError
+from .. import __version__, checks
+from ..errors import DefMambaError
 
 class _OneLineErrors(TyperGroup):
     """Click's usage errors (unknown option, bad value, missing argument) as one ``error:`` line with
@@ -117,7 +117,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
 
 def parse_size(value: Optional[str], default: int = 224) -> tuple[int, int]:
     """``224`` (square), ``160x256``, ``160,256`` or ``"160 256"`` -> (H, W)."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if value is None or not str(value).strip():
         return default, default
@@ -159,7 +159,7 @@ def info() -> None:
 
     Example: [bold]defmamba-deploy info[/]
     """
-    from .libs import library_status
+    from ..libs import library_status
 
     table = Table(title=f"defmamba-deploy {__version__}", show_header=False)
     table.add_column("component", style="bold")
@@ -178,7 +178,7 @@ def info() -> None:
         except ImportError:
             version = "not installed (pip install " + mod + ")"
         table.add_row(mod, version)
-    from .runtime.tensorrt.env import tensorrt_version
+    from ..runtime.tensorrt.env import tensorrt_version
 
     table.add_row("tensorrt", tensorrt_version() or escape("not installed (pip install 'defmamba-deploy[tensorrt]' on a machine with an NVIDIA GPU)"))
     for kind, where in library_status().items():
@@ -193,7 +193,7 @@ def backends_cmd() -> None:
 
     Example: [bold]defmamba-deploy backends[/]
     """
-    from .runtime.registry import backends
+    from ..runtime.registry import backends
 
     table = Table(title="backends")
     for col in ("name", "precisions", "file", "what"):
@@ -233,16 +233,18 @@ def predict(
       [bold]defmamba-deploy predict -m t --img-size 160 256 photo.png --json[/]
       [bold]defmamba-deploy predict --onnx defmamba_s.onnx cat.jpg dog.png[/]
     """
-    from .model import check_input_size, create_model
-    from .onnx.sidecar import RANDOM_INIT_SEED
+    from ..model import check_input_size, create_model
+    from ..onnx.sidecar import RANDOM_INIT_SEED
 
     h, w = parse_size(img_size)
     check_input_size(h, w)
+    from ..data import read_labels
+
     names = read_labels(labels) if labels is not None else None
     if onnx_file is not None:
         if weights is not None:
             fail("--weights sets the PyTorch model's weights; an ONNX file carries its own: drop --weights or --onnx")
-        from .runtime import Predictor
+        from ..runtime import Predictor
 
         pred = Predictor(onnx_file, img_size=(h, w) if img_size else None, library=plugins, labels=names,
                          interpolation=interpolation, crop_pct=crop_pct)
@@ -253,8 +255,8 @@ def predict(
         return
     if weights is None:
         err_console.print("[yellow]warning:[/] no --weights given: the model is randomly initialised, so its predictions mean nothing")
-    from .runtime.predictor import Predictor
-    from .runtime.torch_runner import TorchRunner
+    from ..runtime.predictor import Predictor
+    from ..runtime.torch_runner import TorchRunner
 
     # (without weights: the same seeded random init as export, so `predict` and `predict --onnx` agree)
     net = create_model(model, weights, ema=ema, unsafe_pickle=unsafe_pickle, allow_nonfinite=allow_nonfinite,
@@ -265,28 +267,6 @@ def predict(
                                  interpolation=interpolation, crop_pct=crop_pct)
     results = [{"image": str(path), "top": top} for path, top in zip(images, pred.predict(list(images), topk=topk))]
     _print_predictions(results, as_json)
-
-
-def read_labels(path: Path) -> list[str]:
-    """Class names, one per line, from a UTF-8 text file; one line naming the file when it is not one."""
-    from .errors import UsageError
-
-    if path.is_dir():
-        raise UsageError(f"labels file {path} is a folder: pass a text file with one class name per line")
-    if not path.is_file():
-        raise UsageError(f"labels file {path} does not exist: pass a text file with one class name per line")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"labels file {path} is not UTF-8 text (byte {e.start}): pass a text file with one class "
-                         f"name per line") from None
-    if "\0" in text:
-        raise UsageError(f"labels file {path} is binary (holds NUL bytes): pass a text file with one class name per line")
-    names = text.splitlines()
-    if not any(n.strip() for n in names):
-        raise UsageError(f"labels file {path} is empty: pass a text file with one class name per line")
-    return names
 
 
 def _print_predictions(results: list[dict], as_json: bool) -> None:
@@ -330,8 +310,8 @@ def export(
       [bold]defmamba-deploy export -m t --img-size 160 256 --dynamic shape -o t.onnx[/]
       [bold]defmamba-deploy export -m s --portable[/]                 -> defmamba_s_portable.onnx
     """
-    from .onnx import export_onnx
-    from .onnx.presets import export_settings
+    from ..onnx import export_onnx
+    from ..onnx.presets import export_settings
 
     settings = export_settings(preset, img_size=parse_size(img_size) if img_size else None, batch=batch,
                                dynamic=dynamic, opset=opset)
@@ -380,7 +360,7 @@ def parity(
       [bold]defmamba-deploy parity --model s[/]
       [bold]defmamba-deploy parity -m t --onnx defmamba_t.onnx --backends torch,ort --batch 1,4 --json report.json[/]
     """
-    from .parity import run_parity
+    from ..parity import run_parity
 
     _check_outputs(json_out)
     report = run_parity(
@@ -441,8 +421,8 @@ def bench(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from . import bench as B
-    from .errors import UsageError
+    from .. import bench as B
+    from ..errors import UsageError
 
     _check_outputs(json_out, csv_out, plot)
     if plot is not None:
@@ -458,7 +438,7 @@ def bench(
             raise UsageError(f"--ops times the ops at square sizes; got --img-size {img_size}: use e.g. 224,512")
         with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True) as prog:
             task = prog.add_task("op bench", total=None)
-            from .bench_ops import run_op_bench
+            from ..bench_ops import run_op_bench
 
             res = run_op_bench(model, img_sizes=[h for h, _ in sizes] if img_size != "224" else (224, 512),
                                  threads=threads, warmup=warmup, iters=iters, seconds=seconds,
@@ -540,8 +520,8 @@ def build_engine_cmd(
       [bold]defmamba-deploy build-engine -m s --int8 --calib-images imgs/ --calib-samples 512 --preset dynamic-batch-224[/]
       [bold]defmamba-deploy build-engine t.onnx --min-shape 1x224x224 --opt-shape 8x224x224 --max-shape 32x224x224[/]
     """
-    from .errors import UsageError
-    from .runtime.tensorrt.build import build_engine_for_cli
+    from ..errors import UsageError
+    from ..runtime.tensorrt.build import build_engine_for_cli
 
     if fp16 and int8:
         raise UsageError("choose one of --fp16 and --int8 (INT8 engines keep FP16 for the layers that are not quantised)")
@@ -565,7 +545,7 @@ def pre_options(interpolation: Optional[str], crop_pct: Optional[float]) -> dict
 
 def _check_outputs(*paths: Optional[Path]) -> None:
     """Refuse an output that cannot be written before the work that produces it ('-' = stdout)."""
-    from .files import check_writable
+    from ..files import check_writable
 
     for p in paths:
         if p is not None and str(p) != "-":
@@ -577,7 +557,7 @@ def _write_text(path: Path, text: str) -> None:
     if str(path) == "-":
         print(text)
         return
-    from .files import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(path, text)
 
@@ -595,5 +575,5 @@ def main() -> None:
     app(args=_join_size_args(sys.argv[1:]), prog_name="defmamba-deploy")
 
 
-if __name__ == "__main__":
-    main()
+# the serving commands live in their own module (they import no torch); importing it registers them
+from . import serve as _serve  # noqa: E402,F401
