@@ -574,6 +574,3 @@ def main() -> None:
     install_signal_handlers()
     app(args=_join_size_args(sys.argv[1:]), prog_name="defmamba-deploy")
 
-
-# the serving commands live in their own module (they import no torch); importing it registers them
-from . import serve as _serve  # noqa: E402,F401
