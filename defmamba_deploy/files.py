@@ -18,7 +18,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -218,6 +220,23 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[str], object], s
         _unlink_quietly(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, replace: bool = False):
+    """Yield an empty temporary folder beside ``path``; when the block ends without an error it becomes
+    ``path`` (an old ``path`` removed first with ``replace``), else it is removed: no half-written tree."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists() and replace:
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_pair(path: str | os.PathLike, data: bytes, sidecar_path: str | os.PathLike, sidecar: dict) -> None:

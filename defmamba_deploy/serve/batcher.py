@@ -73,10 +73,6 @@ class Batcher:
         with self._cv:
             return len(self._queue)
 
-    def in_flight(self) -> int:
-        with self._cv:
-            return len(self._queue) + self._busy
-
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the workers."""
         with self._cv:

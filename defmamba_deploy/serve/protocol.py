@@ -62,7 +62,7 @@ def _from_json_data(data, shape: tuple[int, ...], name: str) -> np.ndarray:
         arr = np.asarray(data)
     except ValueError:  # ragged nesting
         raise ProtocolError(f"input '{name}': \"data\" is a ragged nested list; send a flat list in row-major order") from None
-    if arr.dtype.kind not in "iuf" or arr.dtype == object:  # bools, strings, nulls are not FP32 data
+    if arr.dtype.kind not in "iuf":  # bools, strings, nulls (object) are not FP32 data
         raise ProtocolError(f"input '{name}': \"data\" must hold numbers only (datatype FP32)")
     if arr.size != math.prod(shape):
         raise ProtocolError(f"input '{name}': \"data\" has {arr.size} values but shape {list(shape)} needs "

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from defmamba_deploy.errors import MissingDependencyError, UsageError
+from ..checks import count, number
+from ..errors import MissingDependencyError, UsageError
+from ..files import atomic_directory, atomic_write_text
 
 LIB_NAME = "libdefmamba_ort_ops.so"
 CONTAINER = "nvcr.io/nvidia/tritonserver:24.08-py3"
@@ -24,7 +24,7 @@ _INSTALL = "install them with: pip install 'tritonclient[http]' protobuf"
 
 def _onnx_io(onnx_path):
     # Imported lazily from the check module so that the export code (and torch) never loads.
-    from defmamba_deploy.onnx.check import custom_ops_used, load_onnx
+    from ..onnx.check import custom_ops_used, load_onnx
     # check=False: the checker does not know the custom domain's schemas unless registered.
     model = load_onnx(onnx_path, check=False)
     def dims(v):
@@ -137,13 +137,9 @@ def check_config(text, onnx_path=None, where="config.pbtxt"):
 
 
 def _check_args(name, max_batch, instances, max_delay_ms):
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise UsageError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
-        raise UsageError(f"instances must be an integer >= 1, got {instances!r}")
-    if (isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, (int, float))
-            or not math.isfinite(max_delay_ms) or max_delay_ms < 0):
-        raise UsageError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms!r}")
+    count(max_batch, "max_batch")
+    count(instances, "instances")
+    number(max_delay_ms, "max_delay_ms", low=0)
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise UsageError(f"model name must match [A-Za-z0-9_.-]+, got {name!r}")
 
@@ -169,15 +165,13 @@ def write_triton_repo(onnx_path, repo, *, name=None, max_batch=8, instances=1, m
     _, _, custom = _onnx_io(onnx_path)
     lib = None
     if custom:
-        from defmamba_deploy.libs import find_library
+        from ..libs import find_library
         lib = find_library("ort", None)
     final = repo / name
     if final.exists() and not force:
         raise UsageError(f"{final} already exists; pass force to replace it or choose another name")
-    repo.mkdir(parents=True, exist_ok=True)
-    # Build beside the final folder and rename at the end, so a failure leaves nothing half-written.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
-    try:
+    # built beside the final folder and renamed at the end: a failure leaves nothing half-written
+    with atomic_directory(final, replace=force) as tmp:
         (tmp / "1").mkdir()
         shutil.copyfile(onnx_path, tmp / "1" / "model.onnx")
         lib_path = None
@@ -186,14 +180,8 @@ def write_triton_repo(onnx_path, repo, *, name=None, max_batch=8, instances=1, m
             lib_path = f"/models/{name}/{LIB_NAME}"
         text = make_onnx_config(onnx_path, name, max_batch, instances, max_delay_ms, lib_path)
         (tmp / "config.pbtxt").write_text(text)
-        # The container path does not exist here: check the library against the local copy.
+        # the container path does not exist here: check the library against the local copy
         local = text.replace(f'"{lib_path}"', f'"{tmp / LIB_NAME}"') if lib_path else text
         check_config(local, onnx_path, where=str(tmp / "config.pbtxt"))
-        (repo / "README.md").write_text(_readme(name, bool(custom)))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(repo / "README.md", _readme(name, bool(custom)))
     return final
